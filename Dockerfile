@@ -1,0 +1,25 @@
+# One image for a sketchwatch worker set. The C hashing extension is compiled in a build stage,
+# so the runtime image carries no compiler.
+FROM python:3.11-slim AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY sketches ./sketches
+COPY operators ./operators
+COPY connectors ./connectors
+COPY dataflows ./dataflows
+COPY recovery ./recovery
+COPY bench ./bench
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels sketchwatch \
+ && rm -rf /wheels \
+ && useradd --create-home sketchwatch
+USER sketchwatch
+WORKDIR /home/sketchwatch
+# Until the dataflows land, the image runs the sketch demo on its built-in generator.
+CMD ["python", "-m", "sketches"]

@@ -1,0 +1,1 @@
+"""Sources and sinks: the event generator, files, Kafka, SQLite and Postgres (filled by later issues)."""

@@ -1,0 +1,1 @@
+"""The runnable anomaly-detection flows: fraud, ddos, iot, sentiment (filled by the dataflows issue)."""

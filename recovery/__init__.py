@@ -1,0 +1,1 @@
+"""Exactly-once resumption on Bytewax's SQLite recovery store (filled by the production-path issue)."""

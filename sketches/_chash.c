@@ -1,0 +1,193 @@
+/* Batch hashing of Python items for sketchwatch.
+ *
+ * str and bytes-like items: the low 64 bits of MurmurHash3_x64_128 of their
+ * UTF-8 bytes (equal to ``mmh3.hash128(item, seed) & (2**64 - 1)``).
+ * int items: two rounds of the MurmurHash3 64-bit finaliser keyed by the seed,
+ * equal to the numpy path in ``sketches/hashing.py``.
+ * The module holds no state; results depend only on (item, seed).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define C1 0x87c37b91114253d5ULL
+#define C2 0x4cf5ad432745937fULL
+#define GOLDEN 0x9e3779b97f4a7c15ULL
+
+static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t fmix64(uint64_t k) {
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8); /* little-endian hosts only; checked at import */
+    return v;
+}
+
+static uint64_t murmur3_x64_128_low(const uint8_t *data, Py_ssize_t len, uint32_t seed) {
+    const Py_ssize_t nblocks = len / 16;
+    uint64_t h1 = seed, h2 = seed;
+    for (Py_ssize_t i = 0; i < nblocks; i++) {
+        uint64_t k1 = load64(data + 16 * i);
+        uint64_t k2 = load64(data + 16 * i + 8);
+        k1 *= C1; k1 = rotl64(k1, 31); k1 *= C2; h1 ^= k1;
+        h1 = rotl64(h1, 27); h1 += h2; h1 = h1 * 5 + 0x52dce729;
+        k2 *= C2; k2 = rotl64(k2, 33); k2 *= C1; h2 ^= k2;
+        h2 = rotl64(h2, 31); h2 += h1; h2 = h2 * 5 + 0x38495ab5;
+    }
+    const uint8_t *tail = data + nblocks * 16;
+    uint64_t k1 = 0, k2 = 0;
+    switch (len & 15) {
+    case 15: k2 ^= (uint64_t)tail[14] << 48; /* fall through */
+    case 14: k2 ^= (uint64_t)tail[13] << 40; /* fall through */
+    case 13: k2 ^= (uint64_t)tail[12] << 32; /* fall through */
+    case 12: k2 ^= (uint64_t)tail[11] << 24; /* fall through */
+    case 11: k2 ^= (uint64_t)tail[10] << 16; /* fall through */
+    case 10: k2 ^= (uint64_t)tail[9] << 8;   /* fall through */
+    case 9:
+        k2 ^= (uint64_t)tail[8];
+        k2 *= C2; k2 = rotl64(k2, 33); k2 *= C1; h2 ^= k2;
+        /* fall through */
+    case 8: k1 ^= (uint64_t)tail[7] << 56; /* fall through */
+    case 7: k1 ^= (uint64_t)tail[6] << 48; /* fall through */
+    case 6: k1 ^= (uint64_t)tail[5] << 40; /* fall through */
+    case 5: k1 ^= (uint64_t)tail[4] << 32; /* fall through */
+    case 4: k1 ^= (uint64_t)tail[3] << 24; /* fall through */
+    case 3: k1 ^= (uint64_t)tail[2] << 16; /* fall through */
+    case 2: k1 ^= (uint64_t)tail[1] << 8;  /* fall through */
+    case 1:
+        k1 ^= (uint64_t)tail[0];
+        k1 *= C1; k1 = rotl64(k1, 31); k1 *= C2; h1 ^= k1;
+    }
+    h1 ^= (uint64_t)len; h2 ^= (uint64_t)len;
+    h1 += h2; h2 += h1;
+    h1 = fmix64(h1); h2 = fmix64(h2);
+    return h1 + h2;
+}
+
+static inline uint64_t int_key(uint32_t seed) { return fmix64((uint64_t)seed + GOLDEN); }
+
+static inline uint64_t mix_int(uint64_t v, uint64_t key) { return fmix64(fmix64(v ^ key) + key); }
+
+/* Hash one item; returns 0 on success, -1 with a Python error set. */
+static int hash_one(PyObject *item, uint32_t seed, uint64_t key, uint64_t *out) {
+    if (PyUnicode_Check(item)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(item, &n);
+        if (s == NULL) return -1;
+        *out = murmur3_x64_128_low((const uint8_t *)s, n, seed);
+        return 0;
+    }
+    if (PyBytes_Check(item)) {
+        *out = murmur3_x64_128_low((const uint8_t *)PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item), seed);
+        return 0;
+    }
+    if (PyLong_Check(item) || PyIndex_Check(item)) {
+        PyObject *num = PyNumber_Index(item);
+        if (num == NULL) return -1;
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(num, &overflow);
+        uint64_t u;
+        if (overflow == 0) {
+            if (v == -1 && PyErr_Occurred()) { Py_DECREF(num); return -1; }
+            u = (uint64_t)v;
+        } else if (overflow > 0) {
+            u = PyLong_AsUnsignedLongLong(num);
+            if (u == (uint64_t)-1 && PyErr_Occurred()) {
+                Py_DECREF(num);
+                PyErr_SetString(PyExc_ValueError, "integer item out of range: items must fit in int64 or uint64");
+                return -1;
+            }
+        } else {
+            Py_DECREF(num);
+            PyErr_SetString(PyExc_ValueError, "integer item out of range: items must fit in int64 or uint64");
+            return -1;
+        }
+        Py_DECREF(num);
+        *out = mix_int(u, key);
+        return 0;
+    }
+    if (PyObject_CheckBuffer(item)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(item, &view, PyBUF_SIMPLE) < 0) return -1;
+        *out = murmur3_x64_128_low((const uint8_t *)view.buf, view.len, seed);
+        PyBuffer_Release(&view);
+        return 0;
+    }
+    PyErr_Format(PyExc_TypeError, "cannot hash item of type %.100s: expected str, bytes or int",
+                 Py_TYPE(item)->tp_name);
+    return -1;
+}
+
+/* hash_into(items, seed, out): hash a sequence of items into a writable uint64 buffer. */
+static PyObject *hash_into(PyObject *self, PyObject *args) {
+    PyObject *items;
+    unsigned long long seed_arg;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "OKw*", &items, &seed_arg, &out)) return NULL;
+    if (seed_arg > 0xffffffffULL) {
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "seed must be in [0, 2**32)");
+        return NULL;
+    }
+    uint32_t seed = (uint32_t)seed_arg;
+    PyObject *seq = PySequence_Fast(items, "items must be a sequence");
+    if (seq == NULL) { PyBuffer_Release(&out); return NULL; }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (out.len < (Py_ssize_t)(n * sizeof(uint64_t))) {
+        Py_DECREF(seq); PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "output buffer is smaller than the number of items");
+        return NULL;
+    }
+    uint64_t *dst = (uint64_t *)out.buf;
+    PyObject **elems = PySequence_Fast_ITEMS(seq);
+    uint64_t key = int_key(seed);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (hash_one(elems[i], seed, key, &dst[i]) < 0) {
+            Py_DECREF(seq); PyBuffer_Release(&out);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+/* hash_one(item, seed) -> int */
+static PyObject *py_hash_one(PyObject *self, PyObject *args) {
+    PyObject *item;
+    unsigned long long seed_arg;
+    if (!PyArg_ParseTuple(args, "OK", &item, &seed_arg)) return NULL;
+    if (seed_arg > 0xffffffffULL) {
+        PyErr_SetString(PyExc_ValueError, "seed must be in [0, 2**32)");
+        return NULL;
+    }
+    uint64_t h;
+    if (hash_one(item, (uint32_t)seed_arg, int_key((uint32_t)seed_arg), &h) < 0) return NULL;
+    return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyMethodDef methods[] = {
+    {"hash_into", hash_into, METH_VARARGS, "hash_into(items, seed, out): hash a sequence into a uint64 buffer."},
+    {"hash_one", py_hash_one, METH_VARARGS, "hash_one(item, seed) -> int: hash one item."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_chash", "Batch item hashing.", -1, methods};
+
+PyMODINIT_FUNC PyInit__chash(void) {
+    const uint16_t probe = 1;
+    if (*(const uint8_t *)&probe != 1) {
+        PyErr_SetString(PyExc_ImportError, "sketches._chash supports little-endian hosts only");
+        return NULL;
+    }
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,155 @@
+"""One seeded, process-stable 64-bit hash of stream items, shared by every sketch.
+
+Definition (stable across processes, machines and versions of this library):
+
+* ``str`` is encoded as UTF-8; ``str``, ``bytes``, ``bytearray`` and ``memoryview`` hash to
+  the low 64 bits of MurmurHash3_x64_128 of those bytes with a 32-bit seed, that is
+  ``mmh3.hash128(item, seed) & (2**64 - 1)``. So ``"abc"`` and ``b"abc"`` hash alike.
+* ``int`` (Python or numpy, and ``bool``) must fit in int64 or uint64; it is taken as its
+  64-bit two's-complement pattern ``v`` and hashed as ``fmix64(fmix64(v ^ k) + k)`` with
+  ``k = fmix64(seed + 0x9E3779B97F4A7C15)``, where ``fmix64`` is MurmurHash3's 64-bit
+  finaliser. This is a bijection of the 64-bit patterns for a fixed seed, so distinct
+  int64 keys never collide (``-1`` and ``2**64 - 1`` share a pattern and a hash).
+* Anything else raises ``TypeError``. Python's ``hash()`` is never used: it is salted per
+  process, so sketches built in two processes would silently disagree.
+
+The batch path (``hash64_many``) runs in a small C extension for lists of str/bytes/int
+and in vectorised numpy for integer arrays; without the extension it falls back to
+``mmh3`` with identical results. ``BACKEND`` says which one is in use.
+
+>>> hash64("abc", seed=7) == hash64(b"abc", seed=7)
+True
+>>> import numpy as np
+>>> int(hash64_many(np.array([5, -1]), seed=3)[1]) == hash64(-1, seed=3)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, TypeAlias
+
+import mmh3
+import numpy as np
+from numpy.typing import NDArray
+
+try:
+    from sketches import _chash
+except ImportError:  # pragma: no cover - exercised only where the extension failed to build
+    _chash = None  # type: ignore[assignment]
+
+__all__ = [
+    "BACKEND",
+    "Item",
+    "Items",
+    "check_seed",
+    "fmix64",
+    "hash64",
+    "hash64_many",
+    "probe_indices",
+]
+
+Item: TypeAlias = str | bytes | bytearray | memoryview | int | np.integer
+Items: TypeAlias = Sequence[Item] | NDArray[np.integer] | NDArray[np.bool_]
+
+BACKEND: Final[str] = "c" if _chash is not None else "mmh3"
+
+_MASK64: Final = (1 << 64) - 1
+_GOLDEN: Final = 0x9E3779B97F4A7C15
+_F1: Final = 0xFF51AFD7ED558CCD
+_F2: Final = 0xC4CEB9FE1A85EC53
+_SECOND_PROBE: Final = 0x6A09E667F3BCC909  # decorrelates the second probe hash from the first
+
+
+def check_seed(seed: int) -> int:
+    """Return ``seed`` if it is an int in ``[0, 2**32)``, else raise ``ValueError``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+def _fmix64_int(k: int) -> int:
+    k ^= k >> 33
+    k = (k * _F1) & _MASK64
+    k ^= k >> 33
+    k = (k * _F2) & _MASK64
+    return k ^ (k >> 33)
+
+
+def fmix64(values: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """MurmurHash3's 64-bit finaliser applied element-wise (returns a new array)."""
+    x = values.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(_F1)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(_F2)
+    x ^= x >> np.uint64(33)
+    return x
+
+
+def _int_key(seed: int) -> int:
+    return _fmix64_int((seed + _GOLDEN) & _MASK64)
+
+
+def _hash_int(value: int, seed: int) -> int:
+    if not -(2**63) <= value < 2**64:
+        raise ValueError(f"integer item out of range: items must fit in int64 or uint64, got {value}")
+    key = _int_key(seed)
+    return _fmix64_int((_fmix64_int((value & _MASK64) ^ key) + key) & _MASK64)
+
+
+def _hash_py(item: object, seed: int) -> int:
+    if isinstance(item, (str, bytes, bytearray, memoryview)):
+        return int(mmh3.hash128(item, seed, signed=False)) & _MASK64  # type: ignore[arg-type]
+    if isinstance(item, (int, np.integer)):
+        return _hash_int(int(item), seed)
+    raise TypeError(f"cannot hash item of type {type(item).__name__}: expected str, bytes or int")
+
+
+def hash64(item: Item, seed: int = 0) -> int:
+    """Hash one item to an unsigned 64-bit int (see the module docstring for the definition)."""
+    if _chash is not None:
+        return _chash.hash_one(item, seed)
+    return _hash_py(item, check_seed(seed))
+
+
+def _hash_int_array(values: NDArray[np.integer] | NDArray[np.bool_], seed: int) -> NDArray[np.uint64]:
+    key = np.uint64(_int_key(seed))
+    x = fmix64(values.astype(np.uint64) ^ key)
+    x += key
+    return fmix64(x)
+
+
+def hash64_many(items: Items, seed: int = 0) -> NDArray[np.uint64]:
+    """Hash a batch of items to a ``uint64`` array, equal to ``[hash64(i, seed) for i in items]``.
+
+    ``items`` is a sequence of str/bytes/int or a numpy integer (or bool) array of any shape,
+    which is flattened. Raises ``TypeError`` for other item types.
+    """
+    check_seed(seed)
+    if isinstance(items, np.ndarray):
+        if items.dtype.kind in "iub":
+            return _hash_int_array(items.reshape(-1), seed)
+        if items.dtype.kind in "USO":
+            items = items.reshape(-1).tolist()
+        else:
+            raise TypeError(f"cannot hash a numpy array of dtype {items.dtype}: expected integers")
+    if _chash is not None:
+        if not isinstance(items, (list, tuple)):
+            items = list(items)
+        out = np.empty(len(items), dtype=np.uint64)
+        _chash.hash_into(items, seed, out)
+        return out
+    return np.fromiter((_hash_py(i, seed) for i in items), dtype=np.uint64, count=len(items))
+
+
+def probe_indices(hashes: NDArray[np.uint64], k: int, m: int) -> NDArray[np.uint64]:
+    """``k`` probe positions in ``[0, m)`` per hash, by double hashing: ``(h1 + i * h2) mod m``.
+
+    ``h1`` is the item hash and ``h2`` an odd re-mix of it, so one 64-bit hash per item
+    yields all rows of a Count-Min sketch or all probes of a Bloom filter. Returns an array
+    of shape ``(len(hashes), k)``.
+    """
+    h2 = fmix64(hashes ^ np.uint64(_SECOND_PROBE)) | np.uint64(1)
+    steps = np.arange(k, dtype=np.uint64)
+    return (hashes[:, None] + steps[None, :] * h2[:, None]) % np.uint64(m)

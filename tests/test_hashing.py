@@ -1,0 +1,127 @@
+"""The item hash is a contract: stable across processes, equal on the batch and single paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mmh3
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sketches import hashing
+from sketches.hashing import check_seed, hash64, hash64_many, probe_indices
+
+MASK = 2**64 - 1
+items_strategy = st.lists(
+    st.one_of(
+        st.text(max_size=40),
+        st.binary(max_size=40),
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    ),
+    max_size=50,
+)
+
+
+def test_backend_is_the_c_extension() -> None:
+    # The speed targets rely on it; a missing compiler must show up here, not as a slow benchmark.
+    assert hashing.BACKEND == "c"
+
+
+@given(st.one_of(st.text(), st.binary()), st.integers(0, 2**32 - 1))
+def test_strings_and_bytes_match_mmh3(item: str | bytes, seed: int) -> None:
+    assert hash64(item, seed) == mmh3.hash128(item, seed, signed=False) & MASK
+
+
+@given(items_strategy, st.integers(0, 2**32 - 1))
+def test_batch_equals_single_and_python_fallback(items: list[str | bytes | int], seed: int) -> None:
+    batch = hash64_many(items, seed)
+    assert batch.dtype == np.uint64
+    assert batch.tolist() == [hash64(i, seed) for i in items]
+    assert batch.tolist() == [hashing._hash_py(i, seed) for i in items]
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint32, np.uint64])
+def test_numpy_int_arrays_equal_python_ints(dtype: type[np.integer]) -> None:
+    values = np.array([0, 1, 2, 100, np.iinfo(dtype).max, np.iinfo(dtype).min], dtype=dtype)
+    assert hash64_many(values, 11).tolist() == [hash64(int(v), 11) for v in values]
+    assert hash64_many(values.tolist(), 11).tolist() == hash64_many(values, 11).tolist()
+
+
+def test_str_equals_its_utf8_bytes_and_differs_from_int() -> None:
+    assert hash64("héllo", 1) == hash64("héllo".encode(), 1)
+    assert hash64("5", 1) != hash64(5, 1)
+    assert hash64(True, 1) == hash64(1, 1)
+
+
+def test_seed_changes_every_kind_of_item() -> None:
+    for item in ("abc", b"abc", 42):
+        assert hash64(item, 0) != hash64(item, 1)
+
+
+def test_ints_never_collide_for_a_fixed_seed() -> None:
+    values = np.arange(-500_000, 500_000, dtype=np.int64)
+    assert np.unique(hash64_many(values, 3)).size == values.size
+
+
+def test_hash_is_the_same_in_another_process() -> None:
+    code = "from sketches.hashing import hash64; print(hash64('stable', 9), hash64(-7, 9))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [str(hash64("stable", 9)), str(hash64(-7, 9))]
+
+
+def test_known_values_never_change() -> None:
+    # Golden values: changing them breaks every stored sketch. Never edit without a format bump.
+    assert hash64("sketchwatch", 0) == 0xE68893C2D4B3439A
+    assert hash64(0, 0) == 0x5CFC2E7F0D3AF81D
+    assert hash64(2**63, 7) == hash64(-(2**63), 7)
+
+
+def test_bits_are_balanced() -> None:
+    # 200k hashes: each bit is set with p=1/2; 6 sigma is 0.0067 of the count.
+    hashes = hash64_many(np.arange(200_000), 5)
+    bits = (hashes[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
+    assert np.all(np.abs(bits.mean(axis=0) - 0.5) < 0.0067)
+    strs = hash64_many([f"user-{i}" for i in range(200_000)], 5)
+    bits = (strs[:, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
+    assert np.all(np.abs(bits.mean(axis=0) - 0.5) < 0.0067)
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "0", True])
+def test_bad_seeds_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        check_seed(bad)  # type: ignore[arg-type]
+    with pytest.raises((ValueError, TypeError)):
+        hash64_many(["a"], bad)  # type: ignore[arg-type]
+
+
+def test_bad_items_are_refused_with_their_type() -> None:
+    with pytest.raises(TypeError, match="float"):
+        hash64_many(["a", 1.5])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="float"):
+        hash64(1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="dtype float64"):
+        hash64_many(np.array([1.5]))
+    with pytest.raises(ValueError, match="out of range"):
+        hash64_many([2**64])
+    with pytest.raises(ValueError, match="out of range"):
+        hash64(-(2**63) - 1)
+
+
+def test_string_arrays_hash_like_lists() -> None:
+    assert hash64_many(np.array(["a", "bc"])).tolist() == hash64_many(["a", "bc"]).tolist()
+
+
+def test_probe_indices_shape_range_and_spread() -> None:
+    hashes = hash64_many(np.arange(10_000), 1)
+    idx = probe_indices(hashes, 5, 1000)
+    assert idx.shape == (10_000, 5)
+    assert int(idx.max()) < 1000
+    # Each row of probes is a distinct sequence: the step is odd, so rows differ unless m divides it.
+    assert np.mean(idx[:, 0] == idx[:, 1]) < 0.01
+    # Uniform over the 1000 cells: chi-square with 999 dof has mean 999 and sd 44.7; allow 6 sd.
+    for row in range(5):
+        counts = np.bincount(idx[:, row].astype(np.int64), minlength=1000)
+        assert float(np.sum((counts - 10.0) ** 2 / 10.0)) < 999 + 6 * 44.7
