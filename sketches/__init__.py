@@ -6,3 +6,29 @@ integer array), ``merge(other)`` in place, an estimate, ``to_bytes()`` /
 ``from_error(...)`` classmethods take error targets. Items are hashed by
 ``sketches.hashing`` (seeded, stable across processes).
 """
+
+from sketches.aging_bloom import AgingBloomFilter
+from sketches.ams import AMSSketch
+from sketches.bloom import BloomFilter
+from sketches.countmin import CountMinSketch
+from sketches.decay import DecayingAggregate
+from sketches.dgim import DGIM
+from sketches.flajolet_martin import FlajoletMartin
+from sketches.hyperloglog import HyperLogLog
+from sketches.reservoir import Reservoir, StratifiedReservoir, WeightedReservoir
+from sketches.spacesaving import SpaceSaving
+
+__all__ = [
+    "DGIM",
+    "AMSSketch",
+    "AgingBloomFilter",
+    "BloomFilter",
+    "CountMinSketch",
+    "DecayingAggregate",
+    "FlajoletMartin",
+    "HyperLogLog",
+    "Reservoir",
+    "SpaceSaving",
+    "StratifiedReservoir",
+    "WeightedReservoir",
+]

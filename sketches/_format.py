@@ -124,7 +124,7 @@ def _untag(value: Any) -> Any:
         return [_untag(v) for v in value]
     if isinstance(value, dict):
         if "b" in value:
-            return base64.b64decode(value["b"])
+            return base64.b64decode(value["b"], validate=True)
         if "t" in value:
             return tuple(_untag(v) for v in value["t"])
         return {k: _untag(v) for k, v in value["d"].items()}
@@ -149,4 +149,7 @@ def decode_items(data: bytes) -> list[Any]:
         raise ValueError(f"corrupt item block: {exc}") from exc
     if not isinstance(value, list):
         raise ValueError("corrupt item block: expected a list")
-    return [_untag(v) for v in value]
+    try:
+        return [_untag(v) for v in value]
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"corrupt item block: {exc!r}") from exc

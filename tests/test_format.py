@@ -82,8 +82,9 @@ def test_items_refuse_what_they_cannot_store() -> None:
         encode_items([{1, 2}])
     with pytest.raises(TypeError, match="str keys"):
         encode_items([{1: 2}])
-    with pytest.raises(ValueError, match="corrupt item block"):
-        decode_items(b"\xff{")
+    for bad in (b"\xff{", b'[{"x": 1}]', b'[{"b": "!!"}]', b'[{"d": 3}]', b"{}"):
+        with pytest.raises(ValueError, match="corrupt item block"):
+            decode_items(bad)
 
 
 class _Box(Sketch):

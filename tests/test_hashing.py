@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sketches import hashing
-from sketches.hashing import check_seed, hash64, hash64_many, probe_indices
+from sketches.hashing import check_seed, hash64, hash64_many, probe_indices, probe_indices_one, unhash_ints
 
 MASK = 2**64 - 1
 items_strategy = st.lists(
@@ -125,3 +125,20 @@ def test_probe_indices_shape_range_and_spread() -> None:
     for row in range(5):
         counts = np.bincount(idx[:, row].astype(np.int64), minlength=1000)
         assert float(np.sum((counts - 10.0) ** 2 / 10.0)) < 999 + 6 * 44.7
+
+
+@given(st.lists(st.integers(-(2**63), 2**63 - 1), max_size=30), st.integers(0, 2**32 - 1))
+def test_integer_hash_inverts(values: list[int], seed: int) -> None:
+    arr = np.array(values, dtype=np.int64)
+    assert unhash_ints(hash64_many(arr, seed), seed).view(np.int64).tolist() == values
+
+
+@pytest.mark.parametrize("m", [1, 7, 1000, 2**32, 2**32 + 1, 2**40])
+def test_probe_indices_agree_with_the_scalar_path_and_flat_layout(m: int) -> None:
+    hashes = hash64_many(np.arange(3000), 2)
+    idx = probe_indices(hashes, 4, m)
+    assert int(idx.max()) < m
+    for i in range(0, 3000, 101):
+        assert idx[i].tolist() == probe_indices_one(int(hashes[i]), 4, m)
+    flat = probe_indices(hashes, 4, m, flat=True)
+    assert (flat == idx + np.arange(4, dtype=np.uint64) * np.uint64(m)).all()
