@@ -18,8 +18,11 @@ FROM python:3.11-slim
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels sketchwatch \
  && rm -rf /wheels \
- && useradd --create-home sketchwatch
+ && useradd --create-home sketchwatch \
+ && mkdir /data && chown sketchwatch /data
 USER sketchwatch
 WORKDIR /home/sketchwatch
-# Until the dataflows land, the image runs the sketch demo on its built-in generator.
-CMD ["python", "-m", "sketches"]
+# The flow and its settings come from the environment (see the README); the default is the
+# fraud flow on its built-in generator, alerts into /home/sketchwatch/sketchwatch.db.
+ENV SKETCHWATCH_FLOW=fraud
+CMD ["sh", "-c", "exec python -m bytewax.run dataflows.${SKETCHWATCH_FLOW}"]

@@ -1,0 +1,202 @@
+"""The event contract between sources, detectors and sinks: schemas, columnar batches, dead letters.
+
+Events travel through a flow as :class:`EventBatch` objects: one numpy column per schema field
+plus each event's ``position`` in its input (line index of a file, sequence number of the
+generator, offset of a Kafka partition). Detectors work on whole columns; one Python call per
+batch, never per event. A record that cannot become an event becomes a :class:`DeadLetter`.
+
+Timestamps are float64 seconds since the epoch (UTC), parsed from RFC 3339 or epoch numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["RAW_LIMIT", "SCHEMAS", "Anomaly", "DeadLetter", "EventBatch", "Field", "Sample", "Schema"]
+
+RAW_LIMIT: Final = 4096
+"""Bytes of a bad record's raw text kept in ``dead_letters.raw`` (the rest is cut)."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One event field: ``kind`` is ``str``, ``float``, ``int`` or ``ts``; bounds are inclusive."""
+
+    name: str
+    kind: str
+    required: bool = True
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def dtype(self) -> Any:
+        return {"str": object, "float": np.float64, "int": np.int64, "ts": np.float64}[self.kind]
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The fields of one flow's events, in canonical order."""
+
+    flow: str
+    fields: tuple[Field, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+
+SCHEMAS: Final[dict[str, Schema]] = {
+    "fraud": Schema(
+        "fraud",
+        (
+            Field("tx_id", "str"),
+            Field("card_id", "str"),
+            Field("merchant_id", "str"),
+            Field("amount", "float", low=0.0, high=1e9),
+            Field("type", "str"),
+            Field("ts", "ts"),
+        ),
+    ),
+    "ddos": Schema(
+        "ddos",
+        (
+            Field("client_ip", "str"),
+            Field("endpoint", "str"),
+            Field("status", "int", low=100, high=599),
+            Field("bytes", "int", low=0, high=2**40),
+            Field("ts", "ts"),
+        ),
+    ),
+    "iot": Schema(
+        "iot",
+        (
+            Field("device_id", "str"),
+            Field("zone", "str"),
+            Field("temperature", "float", low=-273.15, high=1e4),
+            Field("payload", "str"),
+            Field("ts", "ts"),
+        ),
+    ),
+    "sentiment": Schema(
+        "sentiment",
+        (
+            Field("brand", "str"),
+            Field("sentiment", "float", low=-1.0, high=1.0),
+            Field("text", "str", required=False),
+            Field("ts", "ts"),
+        ),
+    ),
+}
+
+
+@dataclass
+class EventBatch:
+    """A batch of one flow's events as columns (numpy arrays of equal length).
+
+    String columns are numpy ``object`` arrays of ``str``; ``ts`` is float64 epoch seconds;
+    ``positions`` (int64) says where each event sat in its input.
+    """
+
+    flow: str
+    positions: NDArray[np.int64]
+    columns: dict[str, NDArray[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, name: str) -> NDArray[Any]:
+        return self.columns[name]
+
+    @classmethod
+    def from_records(
+        cls, flow: str, records: Sequence[Mapping[str, Any]], positions: Sequence[int]
+    ) -> EventBatch:
+        """Build a batch from already-validated records (dicts with every schema field)."""
+        schema = SCHEMAS[flow]
+        columns = {}
+        for f in schema.fields:
+            values = [r.get(f.name) for r in records]
+            if f.kind == "str":
+                col = np.empty(len(values), dtype=object)
+                col[:] = ["" if v is None else v for v in values]
+            else:
+                col = np.asarray(values, dtype=f.dtype)
+            columns[f.name] = col
+        return cls(flow, np.asarray(positions, dtype=np.int64), columns)
+
+    @classmethod
+    def concat(cls, batches: Sequence[EventBatch]) -> EventBatch:
+        """One batch holding ``batches`` in order (they must be of one flow)."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        columns = {name: np.concatenate([b.columns[name] for b in batches]) for name in first.columns}
+        return cls(first.flow, np.concatenate([b.positions for b in batches]), columns)
+
+    def take(self, index: NDArray[Any]) -> EventBatch:
+        """The events selected by an integer index array or a boolean mask, in that order."""
+        return EventBatch(self.flow, self.positions[index], {k: v[index] for k, v in self.columns.items()})
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The events as plain dicts (for JSON Lines, samples and tests)."""
+        names = list(self.columns)
+        cols = [self.columns[n].tolist() for n in names]
+        for row in zip(*cols, strict=True):
+            yield dict(zip(names, row, strict=True))
+
+    def to_jsonl(self) -> str:
+        """The events as JSON Lines (``ts`` as epoch seconds), one line per event."""
+        return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.records())
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not become an event: where it was, why, and its raw bytes (cut)."""
+
+    flow: str
+    source: str
+    position: int
+    reason: str
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) > RAW_LIMIT:
+            object.__setattr__(self, "raw", self.raw[:RAW_LIMIT])
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One event kept by a flow's stratified reservoir for a window (the ``samples`` table)."""
+
+    flow: str
+    window_start: float
+    window_end: float
+    stratum: str
+    position: int
+    event: dict[str, Any]
+
+    @property
+    def sample_id(self) -> str:
+        key = f"{self.flow}|{self.window_start!r}|{self.window_end!r}|{self.stratum}|{self.position}"
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """Ground truth: an anomaly the generator injected, for precision/recall (``dataflows.evaluate``).
+
+    A detector's alert matches it when detector and entity are equal and the alert's
+    ``event_ts`` lies in ``[start, end]``.
+    """
+
+    detector: str
+    entity: str
+    start: float
+    end: float

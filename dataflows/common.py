@@ -1,0 +1,149 @@
+"""Assemble a sketchwatch flow: source -> parse -> sharded detectors -> sinks, plus a summary.
+
+Every flow module (``dataflows.fraud``, ``.ddos``, ``.iot``, ``.sentiment``) lists its
+detectors as :class:`~operators.runtime.DetectorSpec` and calls :func:`build_flow`. The
+shape is the same for all::
+
+    source ──┬── EventBatch ──► route by entity hash ──► detector shards ──┐
+             │                                                         ├──► every sink
+             └── DeadLetter ───────────────────────────────────────────┘
+    (counts of events, dead letters, alerts, samples) ──► summary, printed at end of input
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, TextIO
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.config import Config, ConfigError, build_sinks, build_source
+from connectors.events import DeadLetter, EventBatch, Sample
+from operators.alerts import Alert
+from operators.runtime import GLOBAL_KEY, DetectorSpec, detector_step
+from operators.sampling import sampler_for
+
+__all__ = ["build_flow", "flow_from_env", "sampling_spec"]
+
+
+def build_flow(name: str, detectors: list[DetectorSpec], config: Config) -> Dataflow:
+    """The dataflow of flow ``name`` running ``detectors`` with ``config``'s source and sinks."""
+    flow = Dataflow(f"sketchwatch_{name}")
+    raw = op.input("source", flow, build_source(config))
+    split = op.branch("split", raw, _is_batch)
+    events: Stream[EventBatch] = split.trues
+    dead: Stream[DeadLetter] = split.falses
+    outputs: list[Stream[Any]] = [dead]
+    for spec in detectors:
+        outputs.append(detector_step(spec.name, events, spec, config.shards, config.seed))
+    results = op.merge("results", *outputs)
+    for index, sink in enumerate(build_sinks(config)):
+        op.output(f"sink_{index}", results, sink)
+    _summary(name, events, results)
+    return flow
+
+
+def flow_from_env(name: str, detectors: Callable[[Config], list[DetectorSpec]]) -> Dataflow:
+    """Build flow ``name`` from the environment; bad configuration exits with one clear line."""
+    try:
+        config = Config.from_env(name)
+        return build_flow(name, detectors(config), config)
+    except ConfigError as exc:
+        raise SystemExit(f"sketchwatch {name}: configuration error: {exc}") from None
+
+
+def sampling_spec(config: Config) -> list[DetectorSpec]:
+    """The flow's stratified window sampler (``samples`` table), unless ``SKETCHWATCH_SAMPLE_K=0``."""
+    if config.sample_k == 0:
+        return []
+    return [DetectorSpec("sampling", None, partial(sampler_for, config.flow, config.sample_k, config.seed))]
+
+
+def _is_batch(item: EventBatch | DeadLetter) -> bool:
+    return isinstance(item, EventBatch)
+
+
+def _summary(name: str, events: Stream[EventBatch], results: Stream[Any]) -> None:
+    counts = op.merge(
+        "summary_in",
+        op.map("count_events", events, _count_batch),
+        op.map("count_results", results, _count_result),
+    )
+    keyed = op.key_on("summary_key", counts, lambda _: GLOBAL_KEY)
+    report = op.stateful_batch("summary", keyed, lambda resume: _SummaryLogic(name, resume))
+    # A step needs a sink downstream or Bytewax never runs it.
+    op.output("summary_out", op.map("summary_text", report, _value), _PrintSink())
+
+
+def _count_batch(batch: EventBatch) -> tuple[str, int]:
+    return ("events", len(batch))
+
+
+def _count_result(item: Alert | Sample | DeadLetter) -> tuple[str, int]:
+    if isinstance(item, Alert):
+        return (f"alert:{item.detector}", 1)
+    if isinstance(item, Sample):
+        return ("samples", 1)
+    return ("dead_letters", 1)
+
+
+def _value(key_value: tuple[str, str]) -> str:
+    return key_value[1]
+
+
+class _SummaryLogic(StatefulBatchLogic[tuple[str, int], str, dict[str, int]]):
+    """Counts what went through the flow and reports at end of input."""
+
+    def __init__(self, name: str, resume: dict[str, int] | None) -> None:
+        self.name = name
+        self.counts: Counter[str] = Counter(resume or {})
+        self.started = time.monotonic()  # wall clock for the throughput report only
+
+    def on_batch(self, values: list[tuple[str, int]]) -> tuple[Iterable[str], bool]:
+        for kind, n in values:
+            self.counts[kind] += n
+        return (), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[str], bool]:
+        elapsed = time.monotonic() - self.started
+        return [format_summary(self.name, self.counts, elapsed)], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+class _PrintPartition(StatelessSinkPartition[str]):
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def write_batch(self, items: list[str]) -> None:
+        for text in items:
+            print(text, file=self.out, flush=True)
+
+
+class _PrintSink(DynamicSink[str]):
+    """Prints the end-of-run summary on standard output."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PrintPartition:
+        return _PrintPartition(sys.stdout)
+
+
+def format_summary(name: str, counts: Counter[str] | dict[str, int], seconds: float) -> str:
+    """The end-of-run report: events, dead letters, alerts per detector, samples, throughput."""
+    events, dead = counts.get("events", 0), counts.get("dead_letters", 0)
+    lines = [
+        f"sketchwatch {name}: {events + dead:,} records in, {events:,} events processed, "
+        f"{dead:,} dead letters; {events / max(seconds, 1e-9):,.0f} events/s over {seconds:.1f} s",
+    ]
+    alerts = sorted((k.split(":", 1)[1], v) for k, v in counts.items() if k.startswith("alert:"))
+    total = sum(v for _, v in alerts)
+    lines.append(f"  alerts: {total:,}" + "".join(f"\n    {det:<26} {n:>9,}" for det, n in alerts))
+    lines.append(f"  samples: {counts.get('samples', 0):,}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Tests of the connectors: parsing, files, SQL, stdout, configuration, sources."""

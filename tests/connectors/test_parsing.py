@@ -1,0 +1,512 @@
+"""Parsing raw records into events: one test per rejection kind, CSV, decoded records, and a fuzz test.
+
+The invariant checked everywhere: every input line becomes exactly one event or one dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connectors.events import RAW_LIMIT, SCHEMAS, DeadLetter, EventBatch
+from connectors.parsing import MAX_RECORD_BYTES, TS_HIGH, CsvDialect, parse_lines, parse_records
+
+FRAUD = {
+    "tx_id": "t1",
+    "card_id": "c1",
+    "merchant_id": "m1",
+    "amount": 12.5,
+    "type": "purchase",
+    "ts": 1_700_000_000.25,
+}
+
+
+def line(**changes: Any) -> bytes:
+    """A fraud event as a JSON line; a change to ``...`` removes the field."""
+    rec = {k: v for k, v in {**FRAUD, **changes}.items() if v is not ...}
+    return json.dumps(rec).encode()
+
+
+def check_invariant(lines: list[bytes], first: int, batch: EventBatch | None, dead: list[DeadLetter]) -> None:
+    got = (batch.positions.tolist() if batch is not None else []) + [d.position for d in dead]
+    assert sorted(got) == list(range(first, first + len(lines)))
+    assert [d.position for d in dead] == sorted(d.position for d in dead)
+    if batch is not None:
+        assert batch.positions.tolist() == sorted(batch.positions.tolist())
+        assert all(len(col) == len(batch) for col in batch.columns.values())
+
+
+def reject(raw: bytes, flow: str = "fraud") -> str:
+    """The reason the single line ``raw`` is rejected."""
+    batch, dead = parse_lines(flow, [raw], 5, "test.jsonl")
+    check_invariant([raw], 5, batch, dead)
+    assert batch is None, f"accepted: {raw[:80]!r}"
+    (d,) = dead
+    assert (d.flow, d.source, d.position) == (flow, "test.jsonl", 5)
+    assert d.raw == raw[:RAW_LIMIT]
+    return d.reason
+
+
+def accept(raw: bytes, flow: str = "fraud") -> dict[str, Any]:
+    """The single event parsed from ``raw``."""
+    batch, dead = parse_lines(flow, [raw], 0, "test.jsonl")
+    assert not dead, dead[0].reason
+    assert batch is not None and len(batch) == 1
+    return next(batch.records())
+
+
+# --------------------------------------------------------------------------------------------
+# Valid input
+
+
+def test_valid_fraud_event_columns_and_dtypes() -> None:
+    batch, dead = parse_lines("fraud", [line(), line(tx_id="t2", amount=3)], 100, "f")
+    assert not dead and batch is not None
+    assert batch.positions.tolist() == [100, 101]
+    assert batch["tx_id"].tolist() == ["t1", "t2"]
+    assert batch["tx_id"].dtype == object
+    assert batch["amount"].dtype == np.float64 and batch["amount"].tolist() == [12.5, 3.0]
+    assert batch["ts"].dtype == np.float64 and batch["ts"].tolist() == [1_700_000_000.25] * 2
+    assert list(batch.columns) == list(SCHEMAS["fraud"].names)
+
+
+def test_int_fields_are_int64() -> None:
+    raw = json.dumps(
+        {"client_ip": "1.2.3.4", "endpoint": "/", "status": 200, "bytes": 2**40, "ts": 1}
+    ).encode()
+    batch, dead = parse_lines("ddos", [raw], 0, "f")
+    assert not dead and batch is not None
+    assert batch["status"].dtype == np.int64 and batch["bytes"].tolist() == [2**40]
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2026-11-22T06:40:05Z", 1795329605.0),
+        ("2026-11-22t06:40:05z", 1795329605.0),
+        ("2026-11-22T07:40:05+01:00", 1795329605.0),
+        ("2026-11-22 06:40:05.5+00:00", 1795329605.5),
+        ("2026-11-22T06:40:05.123456789Z", None),
+        ("1795329605", 1795329605.0),
+        ("1795329605.25", 1795329605.25),
+        (1795329605, 1795329605.0),
+        (0, 0.0),
+    ],
+)
+def test_timestamp_forms(ts: Any, expected: float | None) -> None:
+    try:
+        got = accept(line(ts=ts))["ts"]
+    except AssertionError:
+        # Python < 3.11 cannot read nine fraction digits; then it must be a dead letter.
+        assert expected is None
+        return
+    if expected is None:
+        assert got == pytest.approx(1795329605.123457, abs=1e-6)
+    else:
+        assert got == expected
+
+
+def test_ids_may_be_integers() -> None:
+    ev = accept(line(card_id=1234, tx_id=-5))
+    assert ev["card_id"] == "1234" and ev["tx_id"] == "-5"
+
+
+def test_int_field_accepts_integral_float() -> None:
+    raw = json.dumps({"client_ip": "a", "endpoint": "/", "status": 404.0, "bytes": 0, "ts": 1}).encode()
+    batch, dead = parse_lines("ddos", [raw], 0, "f")
+    assert not dead and batch is not None and batch["status"].tolist() == [404]
+
+
+def test_optional_field_missing_or_null_is_empty_string() -> None:
+    a = json.dumps({"brand": "x", "sentiment": 0.1, "ts": 5}).encode()
+    b = json.dumps({"brand": "x", "sentiment": 0.1, "ts": 5, "text": None}).encode()
+    batch, dead = parse_lines("sentiment", [a, b], 0, "f")
+    assert not dead and batch is not None and batch["text"].tolist() == ["", ""]
+
+
+def test_extra_fields_and_whitespace_are_ignored() -> None:
+    ev = accept(b"  " + line(extra={"nested": [1, 2]}, note="x") + b" \r")
+    assert set(ev) == set(SCHEMAS["fraud"].names)
+
+
+def test_bounds_are_inclusive() -> None:
+    assert accept(line(amount=0))["amount"] == 0.0
+    assert accept(line(amount=1e9))["amount"] == 1e9
+    assert accept(line(ts=TS_HIGH))["ts"] == TS_HIGH
+
+
+def test_utf8_text_kept() -> None:
+    assert accept(line(merchant_id="Café ☕"))["merchant_id"] == "Café ☕"
+    raw = json.dumps({**FRAUD, "merchant_id": "Café"}, ensure_ascii=False).encode()
+    assert accept(raw)["merchant_id"] == "Café"
+
+
+# --------------------------------------------------------------------------------------------
+# One test per rejection kind
+
+
+def test_too_large_line_is_not_parsed() -> None:
+    raw = line(pad="x" * MAX_RECORD_BYTES)
+    reason = reject(raw)
+    assert "MAX_RECORD_BYTES" in reason and "not parsed" in reason
+    assert len(raw) > RAW_LIMIT  # the dead letter keeps only RAW_LIMIT bytes (checked in reject)
+
+
+def test_line_of_exactly_max_size_is_parsed() -> None:
+    base = line(pad="")
+    raw = line(pad="x" * (MAX_RECORD_BYTES - len(base)))
+    assert len(raw) == MAX_RECORD_BYTES
+    accept(raw)
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"\r", b"\t \r"])
+def test_empty_line(raw: bytes) -> None:
+    assert reject(raw) == "empty line"
+
+
+def test_bad_utf8() -> None:
+    assert reject(line()[:-3] + b'\xff"}').startswith("not UTF-8: invalid start byte at byte")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{oops", b'{"tx_id": "t1"', line()[:-1], b"hello", line() + b" x", line() + line(), b"{'a': 1}"],
+)
+def test_not_json(raw: bytes) -> None:
+    assert reject(raw).startswith("not JSON: ")
+
+
+def test_deeply_nested_json() -> None:
+    assert reject(b"[" * 30_000 + b"]" * 30_000).startswith("not JSON")
+
+
+def test_integer_with_too_many_digits() -> None:
+    assert reject(line()[:-1] + b', "x": ' + b"9" * 5000 + b"}").startswith("not JSON")
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind"), [(b"[1, 2]", "list"), (b"3", "int"), (b'"s"', "str"), (b"null", "null")]
+)
+def test_not_an_object(raw: bytes, kind: str) -> None:
+    assert reject(raw) == f"not a JSON object: got {kind}"
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS["fraud"].names))
+def test_missing_required_field(name: str) -> None:
+    assert reject(line(**{name: ...})) == f"field {name!r}: missing"
+
+
+def test_null_required_field() -> None:
+    assert reject(line(amount=None)) == "field 'amount': null"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"amount": "12.5"}, "field 'amount': expected a number, got str"),
+        ({"amount": True}, "field 'amount': expected a number, got bool"),
+        ({"amount": [1]}, "field 'amount': expected a number, got list"),
+        ({"amount": -0.01}, "field 'amount': -0.01 outside [0.0, 1000000000.0]"),
+        ({"amount": 1e9 + 1}, "field 'amount': 1000000001.0 outside [0.0, 1000000000.0]"),
+        ({"amount": 10**400}, "field 'amount': number too large for a float"),
+        ({"card_id": 1.5}, "field 'card_id': expected a string, got float"),
+        ({"card_id": False}, "field 'card_id': expected a string, got bool"),
+        ({"card_id": {"a": 1}}, "field 'card_id': expected a string, got dict"),
+        ({"card_id": "a\x00b"}, "field 'card_id': string contains a NUL character"),
+        ({"card_id": "a\ud800"}, "field 'card_id': string is not valid Unicode (lone surrogate escape)"),
+        ({"ts": "2026-11-22T06:40:05"}, "field 'ts': timestamp without timezone"),
+        ({"ts": "2026-11-22"}, "field 'ts': timestamp without timezone"),
+        ({"ts": "yesterday"}, "field 'ts': not a timestamp: 'yesterday'"),
+        ({"ts": True}, "field 'ts': expected epoch seconds or an RFC 3339 string, got bool"),
+        ({"ts": 1e12}, "field 'ts': epoch seconds 1000000000000.0 outside [0.0, 7258118400.0] (1970..2200)"),
+        ({"ts": -1}, "field 'ts': epoch seconds -1.0 outside [0.0, 7258118400.0] (1970..2200)"),
+        ({"ts": "1969-12-31T23:59:59Z"}, "field 'ts': timestamp '1969-12-31T23:59:59Z' outside 1970..2200"),
+        ({"ts": "nan"}, "field 'ts': not a finite number (nan)"),
+    ],
+)
+def test_wrong_values(changes: dict[str, Any], reason: str) -> None:
+    assert reject(line(**changes)) == reason
+
+
+@pytest.mark.parametrize(
+    ("literal", "shown"), [(b"NaN", "nan"), (b"Infinity", "inf"), (b"-Infinity", "-inf")]
+)
+def test_non_finite_literals(literal: bytes, shown: str) -> None:
+    raw = line(amount=0).replace(b'"amount": 0', b'"amount": ' + literal)
+    assert reject(raw) == f"field 'amount': not a finite number ({shown})"
+
+
+def test_huge_float_literal_is_infinite() -> None:
+    raw = line(amount=0).replace(b'"amount": 0', b'"amount": 1e400')
+    assert reject(raw) == "field 'amount': not a finite number (inf)"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (200.5, "field 'status': expected an integer, got 200.5"),
+        (99, "field 'status': 99 outside [100, 599]"),
+        (True, "field 'status': expected an integer, got bool"),
+        ("200", "field 'status': expected an integer, got str"),
+        (2**70, "field 'status': 1180591620717411303424 outside [100, 599]"),
+        (10**40, "field 'status': an integer of 41 digits outside [100, 599]"),
+        (-(10**400), "field 'status': an integer of 401 digits outside [100, 599]"),
+    ],
+)
+def test_int_field_rejections(status: Any, reason: str) -> None:
+    raw = json.dumps({"client_ip": "a", "endpoint": "/", "status": status, "bytes": 0, "ts": 1}).encode()
+    assert reject(raw, "ddos") == reason
+
+
+def test_first_failing_field_in_schema_order_is_reported() -> None:
+    assert reject(line(ts="bad", amount="bad", card_id=None)) == "field 'card_id': null"
+
+
+def test_raw_is_cut_at_raw_limit() -> None:
+    raw = line(amount="x", pad="y" * (2 * RAW_LIMIT))
+    batch, dead = parse_lines("fraud", [raw], 0, "f")
+    assert batch is None and dead[0].raw == raw[:RAW_LIMIT]
+
+
+def test_mixed_batch_keeps_order_and_positions() -> None:
+    lines = [line(), b"{bad", line(amount=-1), b"", line(tx_id="t5"), b"\xff"]
+    batch, dead = parse_lines("fraud", lines, 1000, "f")
+    check_invariant(lines, 1000, batch, dead)
+    assert batch is not None and batch.positions.tolist() == [1000, 1004]
+    assert batch["tx_id"].tolist() == ["t1", "t5"]
+    assert [d.position for d in dead] == [1001, 1002, 1003, 1005]
+    assert [d.raw for d in dead] == [lines[1], lines[2], lines[3], lines[5]]
+
+
+def test_empty_input() -> None:
+    assert parse_lines("fraud", [], 0, "f") == (None, [])
+
+
+def test_unknown_flow_and_format() -> None:
+    with pytest.raises(ValueError, match="unknown flow 'nope'"):
+        parse_lines("nope", [line()], 0, "f")
+    with pytest.raises(ValueError, match="unknown format 'xml'"):
+        parse_lines("fraud", [line()], 0, "f", "xml")
+    with pytest.raises(ValueError, match="needs a CsvDialect"):
+        parse_lines("fraud", [b"a,b"], 0, "f", "csv")
+
+
+# --------------------------------------------------------------------------------------------
+# CSV
+
+FRAUD_HEADER = CsvDialect.from_header(b"tx_id,card_id,merchant_id,amount,type,ts\n")
+
+
+def test_csv_valid_rows() -> None:
+    lines = [b"t1,c1,m1,12.5,purchase,1700000000.25", b't2,c2,"m,2",3,"say ""hi""",2026-11-22T06:40:05Z\r']
+    batch, dead = parse_lines("fraud", lines, 0, "f.csv", "csv", dialect=FRAUD_HEADER)
+    assert not dead and batch is not None
+    assert batch["merchant_id"].tolist() == ["m1", "m,2"]
+    assert batch["type"].tolist() == ["purchase", 'say "hi"']
+    assert batch["amount"].tolist() == [12.5, 3.0]
+    assert batch["ts"].tolist() == [1_700_000_000.25, 1795329605.0]
+
+
+def test_csv_column_order_and_extra_columns_follow_the_header() -> None:
+    d = CsvDialect.from_header(b"\xef\xbb\xbfts;extra;sentiment;brand", delimiter=";")
+    batch, dead = parse_lines("sentiment", [b"5;zz;-0.5;acme"], 0, "f", "csv", dialect=d)
+    assert not dead and batch is not None
+    assert next(batch.records()) == {"brand": "acme", "sentiment": -0.5, "text": "", "ts": 5.0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"t1,c1,m1,12.5,purchase", "bad CSV row: 5 columns, header has 6"),
+        (b"t1,c1,m1,12.5,purchase,1,extra", "bad CSV row: 7 columns, header has 6"),
+        (b't1,c1,"m1,12.5,purchase,1', "bad CSV row: unexpected end of data"),
+        (b"t1,c1,m1,,purchase,1", "field 'amount': empty"),
+        (b"t1,c1,m1,abc,purchase,1", "field 'amount': expected a number, got 'abc'"),
+        (b"t1,c1,m1,nan,purchase,1", "field 'amount': not a finite number (nan)"),
+        (b"t1,c1,m1,1,purchase,2026-11-22T06:40:05", "field 'ts': timestamp without timezone"),
+        (b"", "empty line"),
+        (b" ", "empty line"),
+    ],
+)
+def test_csv_rejections(raw: bytes, reason: str) -> None:
+    batch, dead = parse_lines("fraud", [raw], 3, "f.csv", "csv", dialect=FRAUD_HEADER)
+    assert batch is None and [(d.position, d.reason, d.raw) for d in dead] == [(3, reason, raw)]
+
+
+def test_csv_int_fields() -> None:
+    d = CsvDialect.from_header(b"client_ip,endpoint,status,bytes,ts")
+    lines = [b"a,/,200,10,1", b"a,/,404.0,10,1", b"a,/,200.5,10,1", b"a,/,x,10,1", b"a,/,200,,1"]
+    batch, dead = parse_lines("ddos", lines, 0, "f", "csv", dialect=d)
+    assert batch is not None and batch["status"].tolist() == [200, 404]
+    assert [x.reason for x in dead] == [
+        "field 'status': expected an integer, got 200.5",
+        "field 'status': expected an integer, got 'x'",
+        "field 'bytes': empty",
+    ]
+
+
+def test_csv_header_checks() -> None:
+    with pytest.raises(ValueError, match="lacks required column 'merchant_id'"):
+        parse_lines("fraud", [b"x"], 0, "f", "csv", dialect=CsvDialect(("tx_id", "card_id")))
+    with pytest.raises(ValueError, match="names column 'a' twice"):
+        CsvDialect.from_header(b"a,b,a")
+    with pytest.raises(ValueError, match="header row is empty"):
+        CsvDialect.from_header(b"\r\n")
+    with pytest.raises(ValueError, match="delimiter"):
+        CsvDialect(("a",), delimiter="ab")
+
+
+# --------------------------------------------------------------------------------------------
+# Decoded records (Kafka)
+
+
+def test_parse_records() -> None:
+    recs: list[Any] = [dict(FRAUD), [1, 2], {**FRAUD, "amount": "x"}, {**FRAUD, "tx_id": 7}]
+    raws = [b"r0", b"r1", b"r2", b"r3"]
+    batch, dead = parse_records("fraud", recs, [40, 41, 45, 46], "kafka:tx/0", raws)
+    assert batch is not None and batch.positions.tolist() == [40, 46]
+    assert batch["tx_id"].tolist() == ["t1", "7"]
+    assert [(d.position, d.reason, d.raw) for d in dead] == [
+        (41, "not a JSON object: got list", b"r1"),
+        (45, "field 'amount': expected a number, got str", b"r2"),
+    ]
+
+
+def test_parse_records_lengths_must_match() -> None:
+    with pytest.raises(ValueError, match="1 records but 2 positions"):
+        parse_records("fraud", [FRAUD], [1, 2], "k", [b""])
+
+
+def test_parse_records_empty() -> None:
+    assert parse_records("fraud", [], [], "k", []) == (None, [])
+
+
+# --------------------------------------------------------------------------------------------
+# Fuzz: valid events mixed with garbage
+
+_text = st.text(st.characters(exclude_characters="\x00"), max_size=12)
+_epoch = st.floats(min_value=0.0, max_value=TS_HIGH, allow_nan=False)
+_iso = st.datetimes(
+    min_value=datetime(1971, 1, 1),
+    max_value=datetime(2199, 1, 1),
+    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30))]),
+).map(lambda d: d.isoformat())
+_ts = st.one_of(_epoch, st.integers(0, int(TS_HIGH)), _iso, st.integers(0, int(TS_HIGH)).map(str))
+
+
+def _value(kind: str, low: float | None, high: float | None) -> st.SearchStrategy[Any]:
+    if kind == "str":
+        return st.one_of(_text, st.integers(-(10**6), 10**6))
+    if kind == "int":
+        return st.integers(int(low or 0), int(high or 2**40))
+    if kind == "float":
+        return st.floats(min_value=low, max_value=high, allow_nan=False, allow_infinity=False)
+    return _ts
+
+
+def _valid(flow: str) -> st.SearchStrategy[bytes]:
+    fields = SCHEMAS[flow].fields
+    return st.fixed_dictionaries(
+        {f.name: _value(f.kind, f.low, f.high) for f in fields if f.required},
+        optional={f.name: _text for f in fields if not f.required},
+    ).flatmap(lambda rec: st.booleans().map(lambda ascii_: json.dumps(rec, ensure_ascii=ascii_).encode()))
+
+
+_WRONG: st.SearchStrategy[Any] = st.sampled_from(
+    [True, None, [], {}, "text", 1.5, -1, 10**400, float("nan"), "2026-11-22T06:40:05"]
+)
+
+
+def _garbage(flow: str) -> st.SearchStrategy[bytes]:
+    """Lines that must be rejected."""
+    fields = SCHEMAS[flow].fields
+    names = [f.name for f in fields if f.required]
+    numeric = [f.name for f in fields if f.kind in ("float", "int")]
+    valid = _valid(flow)
+    truncated = valid.flatmap(lambda b: st.integers(1, len(b) - 1).map(lambda k: b[:k]))
+    missing = st.tuples(valid, st.sampled_from(names)).map(
+        lambda t: json.dumps({k: v for k, v in json.loads(t[0]).items() if k != t[1]}).encode()
+    )
+    non_finite = st.tuples(
+        valid, st.sampled_from(numeric), st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999"])
+    ).map(lambda t: json.dumps({**json.loads(t[0]), t[1]: "@@"}).encode().replace(b'"@@"', t[2].encode()))
+    naive = valid.map(lambda b: json.dumps({**json.loads(b), "ts": "2026-11-22T06:40:05"}).encode())
+    huge = st.just(b'{"pad": "' + b"x" * (MAX_RECORD_BYTES + 10) + b'"}')
+    return st.one_of(
+        truncated,
+        missing,
+        non_finite,
+        naive,
+        huge,
+        st.just(b""),
+        st.sampled_from([b"[]", b"null", b"{}", b"NaN", b"\xff\xfe{}"]),
+    )
+
+
+def _wrong_type(flow: str) -> st.SearchStrategy[bytes]:
+    """A valid event with one required field replaced by a value of a type it does not take."""
+    fields = {f.name: f for f in SCHEMAS[flow].fields if f.required}
+
+    def bad(t: tuple[bytes, str, Any]) -> bool:
+        f, v = fields[t[1]], t[2]
+        if f.kind == "str":
+            return not (isinstance(v, str) or (type(v) is int))
+        if f.kind == "ts":
+            return not (type(v) in (int, float) and 0 <= v <= TS_HIGH)
+        if v is None or isinstance(v, bool | list | dict | str):
+            return True
+        if isinstance(v, float) and (math.isnan(v) or (f.kind == "int" and not v.is_integer())):
+            return True
+        return not (f.low is None or f.low <= v) or not (f.high is None or v <= f.high)
+
+    return (
+        st.tuples(_valid(flow), st.sampled_from(sorted(fields)), _WRONG)
+        .filter(bad)
+        .map(lambda t: json.dumps({**json.loads(t[0]), t[1]: t[2]}).encode())
+    )
+
+
+@st.composite
+def _mixed(draw: st.DrawFn) -> tuple[str, list[tuple[str, bytes]]]:
+    flow = draw(st.sampled_from(sorted(SCHEMAS)))
+    item = st.one_of(
+        _valid(flow).map(lambda b: ("valid", b)),
+        _garbage(flow).map(lambda b: ("bad", b)),
+        _wrong_type(flow).map(lambda b: ("bad", b)),
+        st.binary(max_size=40).map(lambda b: ("any", b.replace(b"\n", b""))),
+    )
+    return flow, draw(st.lists(item, max_size=25))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mixed(), st.integers(0, 10**12))
+def test_fuzz_every_line_is_one_event_or_one_dead_letter(
+    case: tuple[str, list[tuple[str, bytes]]], first: int
+) -> None:
+    flow, items = case
+    lines = [b for _, b in items]
+    batch, dead = parse_lines(flow, lines, first, "fuzz")
+    check_invariant(lines, first, batch, dead)
+    good = set() if batch is None else set(batch.positions.tolist())
+    for i, (label, raw) in enumerate(items):
+        if label == "valid":
+            assert first + i in good, (raw, [d.reason for d in dead if d.position == first + i])
+        elif label == "bad":
+            assert first + i not in good, raw
+    for d in dead:
+        assert d.reason and d.raw == lines[d.position - first][:RAW_LIMIT]
+    if batch is not None:
+        # Valid lines round-trip: the batch written as JSON Lines parses back to equal columns.
+        again, dead2 = parse_lines(flow, batch.to_jsonl().encode().splitlines(), first, "again")
+        assert not dead2 and again is not None
+        assert np.array_equal(again.positions - first, np.arange(len(batch)))
+        for name, col in batch.columns.items():
+            assert again[name].dtype == col.dtype
+            assert again[name].tolist() == col.tolist(), name

@@ -1,0 +1,146 @@
+"""Every flow end to end on its embedded default: generator or file in, SQLite out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bytewax.testing import cluster_main, run_main
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connectors.config import Config
+from connectors.files import write_jsonl
+from connectors.generators import generator_for
+from connectors.sql import read_alerts, read_table
+from dataflows.common import build_flow
+from dataflows.registry import FLOWS, detectors_for
+
+SEED = 11
+# Enough events for each generator to inject anomalies (sentiment's first crisis needs ~4 min).
+EVENTS = {"fraud": 30_000, "ddos": 30_000, "iot": 30_000, "sentiment": 250_000}
+
+
+def _env(tmp_path: Path, events: int = 30_000, **extra: str) -> dict[str, str]:
+    return {
+        "SKETCHWATCH_EVENTS": str(events),
+        "SKETCHWATCH_SEED": str(SEED),
+        "SKETCHWATCH_SINKS": f"sqlite:///{tmp_path / 'out.db'}",
+        "SKETCHWATCH_BATCH": "2000",
+        **extra,
+    }
+
+
+def _run(flow: str, env: dict[str, str], workers: int = 1) -> list[dict[str, Any]]:
+    config = Config.from_env(flow, env)
+    dataflow = build_flow(flow, detectors_for(flow)(config), config)
+    if workers == 1:
+        run_main(dataflow)
+    else:
+        cluster_main(dataflow, [], 0, worker_count_per_proc=workers)
+    return read_alerts(config.sinks[0].url)
+
+
+def _ids(alerts: list[dict[str, Any]]) -> set[str]:
+    return {a["alert_id"] for a in alerts}
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_one_and_two_workers_give_the_same_alerts(flow: str, tmp_path: Path) -> None:
+    one = _run(flow, _env(tmp_path / "one", EVENTS[flow]))
+    two = _run(flow, _env(tmp_path / "two", EVENTS[flow]), workers=2)
+    assert one, f"{flow}: no alert on {EVENTS[flow]} generated events with injected anomalies"
+    assert _ids(one) == _ids(two)
+    assert len(one) == len(_ids(one)), "alert ids must be unique"
+
+
+@pytest.mark.parametrize("flow", FLOWS)
+def test_jsonl_file_gives_the_same_alerts_as_the_generator(flow: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{flow}.jsonl"
+    write_jsonl(path, generator_for(flow)(EVENTS[flow], SEED, 0, 5000))
+    from_generator = _run(flow, _env(tmp_path / "gen", EVENTS[flow]))
+    from_file = _run(flow, _env(tmp_path / "file", EVENTS[flow], SKETCHWATCH_SOURCE=f"file:{path}"))
+    assert from_generator
+    assert _ids(from_file) == _ids(from_generator)
+
+
+def test_samples_and_alert_rows_are_complete(tmp_path: Path) -> None:
+    alerts = _run("fraud", _env(tmp_path))
+    row = alerts[0]
+    for column in ("alert_id", "flow", "detector", "entity", "event_ts", "score", "threshold", "evidence"):
+        assert row[column] is not None, column
+    samples = read_table(f"sqlite:///{tmp_path / 'out.db'}", "samples")
+    assert samples and {s["stratum"] for s in samples} == {"purchase", "refund", "withdrawal", "transfer"}
+
+
+def test_replaying_into_the_same_database_adds_nothing(tmp_path: Path) -> None:
+    first = _run("iot", _env(tmp_path))
+    second = _run("iot", _env(tmp_path))
+    assert len(second) == len(first)
+
+
+def _bytewax_run(flow: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "bytewax.run", f"dataflows.{flow}"],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_documented_command_runs_the_embedded_default(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    env = {"SKETCHWATCH_EVENTS": "20000", "PYTHONPATH": str(repo)}
+    done = _bytewax_run("fraud", env, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "sketchwatch.db").exists()
+    assert "20,000 events processed" in done.stdout
+    assert "alerts:" in done.stdout
+    assert read_alerts(f"sqlite:///{tmp_path / 'sketchwatch.db'}")
+
+
+def test_bad_configuration_fails_at_start_with_one_line(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    done = _bytewax_run("fraud", {"SKETCHWATCH_EVENTS": "lots", "PYTHONPATH": str(repo)}, tmp_path)
+    assert done.returncode != 0
+    assert "SKETCHWATCH_EVENTS" in done.stderr
+    message = [line for line in done.stderr.splitlines() if "SKETCHWATCH_EVENTS" in line]
+    assert len(message) == 1
+    assert not (tmp_path / "sketchwatch.db").exists()
+
+
+garbage = st.one_of(
+    st.binary(max_size=200).filter(lambda b: b"\n" not in b and b"\r" not in b),
+    st.just(b'{"tx_id": "t", "card_id": "c"}'),
+    st.just(b'{"tx_id": "t", "card_id": "c", "merchant_id": "m", "amount": "12", "type": "x", "ts": 1}'),
+    st.just(b'{"tx_id": "t", "card_id": "c", "merchant_id": "m", "amount": NaN, "type": "x", "ts": 1}'),
+    st.just(b'{"tx_id":"t","card_id":"c","merchant_id":"m","amount":1,"type":"x","ts":"2026-01-01T00:00"}'),
+    st.just(b"[1, 2, 3]"),
+    st.just(b"x" * 70_000),
+)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=st.lists(garbage, min_size=1, max_size=30), data=st.data())
+def test_malformed_events_become_dead_letters_and_never_stop_the_flow(
+    bad: list[bytes], data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    good = "".join(b.to_jsonl() for b in generator_for("fraud")(2000, SEED, 0, 2000)).encode().splitlines()
+    lines = list(good)
+    for item in bad:
+        lines.insert(data.draw(st.integers(0, len(lines))), item)
+    path = tmp / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    env = _env(tmp, SKETCHWATCH_SOURCE=f"file:{path}")
+    _run("fraud", env)
+    dead = read_table(env["SKETCHWATCH_SINKS"], "dead_letters")
+    assert len(dead) == len(bad)
+    assert {d["position"] for d in dead} == {i for i, line in enumerate(lines) if line not in set(good)}

@@ -1,0 +1,587 @@
+"""Tests of the per-entity event detectors (operators/detectors/entity.py).
+
+Small hand-made cases with exact expectations, naive one-event-at-a-time reference models (built
+on the sketches directly) as oracles, batch-boundary invariance under random cuts, pickle
+round-trips mid-stream, idle eviction and a statistical check of the amount-outlier detector.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from connectors.events import EventBatch
+from operators.alerts import Alert
+from operators.detectors.entity import (
+    BreachDetector,
+    DuplicateDetector,
+    OutlierDetector,
+    StuckDetector,
+    VelocityDetector,
+)
+from operators.runtime import Detector, Output
+from sketches import DGIM, DecayingAggregate
+
+Factory = Callable[[], Detector]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def make_batch(flow: str, **columns: Sequence[Any]) -> EventBatch:
+    """A batch with positions 0..n-1; str columns become object arrays, others float arrays."""
+    cols: dict[str, np.ndarray[Any, Any]] = {}
+    n = 0
+    for name, values in columns.items():
+        values = list(values)
+        n = len(values)
+        if values and isinstance(values[0], str):
+            col = np.empty(n, dtype=object)
+            col[:] = values
+        else:
+            col = np.asarray(values, dtype=np.float64)
+        cols[name] = col
+    return EventBatch(flow, np.arange(n, dtype=np.int64), cols)
+
+
+def alerts_only(outputs: Sequence[Output]) -> list[Alert]:
+    assert all(isinstance(o, Alert) for o in outputs)
+    return [o for o in outputs if isinstance(o, Alert)]
+
+
+def run(detector: Detector, batch: EventBatch, cuts: Sequence[int] = ()) -> list[Alert]:
+    """Feed ``batch`` cut at ``cuts`` (sorted indices) and collect the alerts."""
+    bounds = [0, *cuts, len(batch)]
+    out: list[Alert] = []
+    for lo, hi in itertools.pairwise(bounds):
+        out.extend(alerts_only(detector.process(batch.take(np.arange(lo, hi)))))
+    out.extend(alerts_only(detector.flush()))
+    return out
+
+
+def random_cuts(n: int, rng: np.random.Generator) -> list[int]:
+    k = int(rng.integers(1, 40))
+    return sorted(set(rng.integers(1, n, size=k).tolist()))
+
+
+def signature(alerts: Sequence[Alert]) -> list[tuple[str, str, str, float, float]]:
+    return sorted((a.alert_id, a.entity, a.trigger, a.event_ts, round(a.score, 6)) for a in alerts)
+
+
+def triggers(alerts: Sequence[Alert]) -> list[str]:
+    return [a.trigger for a in alerts]
+
+
+# -- synthetic streams --------------------------------------------------------------------------
+
+
+def fraud_stream(n: int, seed: int, cards: int = 40) -> EventBatch:
+    """Cards with their own amount scales, replayed tx ids, 50x outliers, bursts, ts jitter."""
+    rng = np.random.default_rng(seed)
+    card = rng.integers(0, cards, n)
+    repeat = rng.random(n) < 0.25  # same card as the event before: bursts
+    for i in range(1, n):
+        if repeat[i]:
+            card[i] = card[i - 1]
+    ts = 1_767_225_600.0 + np.cumsum(rng.exponential(0.6, n)) + rng.uniform(0.0, 2.0, n)
+    scale = np.exp(rng.normal(3.0, 1.0, cards))
+    amount = scale[card] * rng.lognormal(0.0, 0.5, n)
+    amount[rng.random(n) < 0.01] *= 50.0
+    amount[rng.random(n) < 0.002] = 0.0  # ignored by the outlier detector
+    tx = [f"tx{i}" for i in range(n)]
+    for i in np.flatnonzero(rng.random(n) < 0.03).tolist():
+        if i > 0:
+            tx[i] = tx[int(rng.integers(max(0, i - 60), i))]  # replay within ~60 events (< 60 s)
+    return make_batch(
+        "fraud",
+        tx_id=tx,
+        card_id=[f"c{c}" for c in card.tolist()],
+        amount=amount.tolist(),
+        ts=ts.tolist(),
+    )
+
+
+def iot_stream(n: int, seed: int, devices: int = 25) -> EventBatch:
+    """Devices with coarse (often repeating) readings, breach spells and replayed payloads."""
+    rng = np.random.default_rng(seed)
+    dev = rng.integers(0, devices, n)
+    ts = 1_767_225_600.0 + np.cumsum(rng.exponential(0.4, n)) + rng.uniform(0.0, 2.0, n)
+    temp = np.round(rng.normal(20.0, 0.6, n))
+    hot = rng.random(n) < 0.2
+    temp[hot] = rng.choice([79.0, 85.0, 90.0], size=int(hot.sum()))
+    payload = [f"d{d}:{int(rng.integers(0, 400))}" for d in dev.tolist()]
+    return make_batch(
+        "iot",
+        device_id=[f"d{d}" for d in dev.tolist()],
+        temperature=temp.tolist(),
+        payload=payload,
+        ts=ts.tolist(),
+    )
+
+
+# -- reference models (one event at a time, straight from the definitions) -----------------------
+
+
+def ref_outlier(
+    batch: EventBatch, half_life: float, min_history: int, z: float, ratio: float, idle_ttl: float
+) -> list[str]:
+    state: dict[str, list[Any]] = {}  # entity -> [aggregate, count, prev_ts]
+    clock = -math.inf
+    out = []
+    for card, amount, t, pos in zip(
+        batch["card_id"].tolist(),
+        batch["amount"].tolist(),
+        batch["ts"].tolist(),
+        batch.positions.tolist(),
+        strict=True,
+    ):
+        if not amount > 0:
+            continue
+        clock = max(clock, t)
+        st = state.get(card)
+        if st is None or st[2] < clock - idle_ttl:
+            st = state[card] = [DecayingAggregate(half_life=half_life), 0, -math.inf]
+        lv = math.log(amount)
+        if st[1] >= min_history:
+            stats = st[0].value()
+            d = lv - stats.mean
+            sd = math.sqrt(stats.variance)
+            flat = sd <= 1e-12 * (1 + abs(stats.mean))
+            zz = (math.inf if d > 0 else 0.0) if flat else d / sd
+            if zz >= z and d >= math.log(ratio):
+                out.append(str(pos))
+        st[0].add(lv, t)
+        st[1] += 1
+        st[2] = t
+    return out
+
+
+def ref_dgim(
+    batch: EventBatch,
+    entity_column: str,
+    bit_of: Callable[[int, float, float], bool],
+    last_n: int,
+    r: int,
+    threshold: int,
+    cooldown: float,
+    idle_ttl: float,
+) -> list[str]:
+    state: dict[str, list[Any]] = {}  # entity -> [dgim, prev_ts, last_alert]
+    clock = -math.inf
+    out = []
+    for i, (entity, t) in enumerate(zip(batch[entity_column].tolist(), batch["ts"].tolist(), strict=True)):
+        clock = max(clock, t)
+        st = state.get(entity)
+        if st is None or st[1] < clock - idle_ttl:
+            st = state[entity] = [DGIM(last_n, r), -math.inf, -math.inf]
+        bit = bit_of(i, t, st[1])
+        st[0].add(bit)
+        st[1] = t
+        if bit and t - st[2] >= cooldown and st[0].count() >= threshold:
+            st[2] = t
+            out.append(str(int(batch.positions[i])))
+    return out
+
+
+def ref_stuck(batch: EventBatch, consecutive: int, idle_ttl: float) -> list[str]:
+    state: dict[str, list[float]] = {}  # entity -> [last value, run, prev_ts]
+    clock = -math.inf
+    out = []
+    for entity, v, t, pos in zip(
+        batch["device_id"].tolist(),
+        batch["temperature"].tolist(),
+        batch["ts"].tolist(),
+        batch.positions.tolist(),
+        strict=True,
+    ):
+        clock = max(clock, t)
+        st = state.get(entity)
+        if st is None or st[2] < clock - idle_ttl:
+            st = state[entity] = [math.nan, 0, -math.inf]
+        st[1] = st[1] + 1 if v == st[0] else 1
+        st[0], st[2] = v, t
+        if st[1] == consecutive:
+            out.append(str(pos))
+    return out
+
+
+def ref_duplicates(keys: Sequence[Any]) -> list[str]:
+    seen: set[Any] = set()
+    out = []
+    for i, k in enumerate(keys):
+        if k in seen:
+            out.append(str(i))
+        seen.add(k)
+    return out
+
+
+# -- detector configurations used by the generic tests ------------------------------------------
+
+FRAUD_N = 3000
+IOT_N = 3000
+
+
+def velocity_factory() -> Detector:
+    return VelocityDetector(min_rapid=4, cooldown=20.0, idle_ttl=90.0)
+
+
+def breach_factory() -> Detector:
+    return BreachDetector(last_n=10, r=2, min_breaches=3, cooldown=30.0, idle_ttl=60.0)
+
+
+def outlier_factory() -> Detector:
+    return OutlierDetector(half_life=300.0, min_history=3, z=2.5, ratio=4.0, idle_ttl=120.0)
+
+
+def stuck_factory() -> Detector:
+    return StuckDetector(consecutive=3, idle_ttl=40.0)
+
+
+def dup_tx_factory() -> Detector:
+    return DuplicateDetector(shards=4)
+
+
+def dup_payload_factory() -> Detector:
+    return DuplicateDetector(
+        flow="iot",
+        name="duplicate_payload",
+        key_columns=("device_id", "payload"),
+        entity_column="device_id",
+        ttl=3600.0,
+        capacity=2_000_000,
+        fp_rate=1e-7,
+        shards=16,
+    )
+
+
+CASES: dict[str, tuple[Factory, Callable[[int, int], EventBatch], int]] = {
+    "duplicate_tx": (dup_tx_factory, fraud_stream, FRAUD_N),
+    "duplicate_payload": (dup_payload_factory, iot_stream, IOT_N),
+    "amount_outlier": (outlier_factory, fraud_stream, FRAUD_N),
+    "card_velocity": (velocity_factory, fraud_stream, FRAUD_N),
+    "threshold_breaches": (breach_factory, iot_stream, IOT_N),
+    "stuck_sensor": (stuck_factory, iot_stream, IOT_N),
+}
+
+
+# -- exact small cases ---------------------------------------------------------------------------
+
+
+def test_duplicate_tx_exact() -> None:
+    batch = make_batch(
+        "fraud",
+        tx_id=["a", "b", "a", "c", "b", "a", "a"],
+        card_id=["x"] * 7,
+        ts=[0.0, 1.0, 2.0, 3.0, 700.0, 701.0, 702.0],
+    )
+    alerts = run(DuplicateDetector(ttl=300.0), batch)
+    # "a" again at 2 (within ttl); "b" at 700 and "a" at 701 are >= 2 ttl later: forgotten;
+    # "a" at 702 repeats the one at 701 in the same batch.
+    assert triggers(alerts) == ["2", "6"]
+    a = alerts[0]
+    assert (a.flow, a.detector, a.entity, a.event_ts) == ("fraud", "duplicate_tx", "a", 2.0)
+    assert (a.score, a.threshold, a.window_start, a.window_end) == (1.0, 1.0, None, None)
+    assert a.evidence["key"] == {"tx_id": "a"}
+    assert a.evidence["ttl"] == 300.0 and a.evidence["fp_rate"] == 1e-6
+    assert 0.0 <= a.evidence["estimated_fp_rate"] < 1e-12
+    a.evidence_json()  # JSON-serialisable
+
+
+def test_duplicate_payload_multi_column_is_unambiguous() -> None:
+    batch = make_batch(
+        "iot",
+        device_id=["d1", "d2", "d1", "a\x1fb", "a", "d1"],
+        payload=["p", "p", "p", "c", "b\x1fc", "q"],
+        ts=[0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+    )
+    alerts = run(dup_payload_factory(), batch)
+    assert triggers(alerts) == ["2"]
+    assert alerts[0].entity == "d1" and alerts[0].detector == "duplicate_payload"
+    assert alerts[0].evidence["key"] == {"device_id": "d1", "payload": "p"}
+
+
+def test_duplicate_capacity_is_divided_by_shards() -> None:
+    det = DuplicateDetector(capacity=200_000, shards=16)
+    assert det.capacity_per_shard == 12_500 and det.filter.capacity == 12_500
+
+
+def test_outlier_exact_and_matches_decaying_aggregate() -> None:
+    day = 86400.0
+    hist = [10.0, 11.0, 9.0, 10.0, 12.0]
+    times = [0.0, 0.5 * day, 1.0 * day, 1.2 * day, 2.0 * day]
+    batch = make_batch(
+        "fraud",
+        card_id=["c1"] * 5 + ["c1", "c2", "c2", "c2", "c2", "c2", "c1"],
+        amount=[*hist, 300.0, 10.0, 11.0, 9.0, 10.0, 300.0, 11.0],
+        ts=[*times, 2.5 * day, 0.0, 1.0, 2.0, 3.0, 4.0, 2.6 * day],
+    )
+    alerts = run(OutlierDetector(), batch)
+    assert triggers(alerts) == ["5"]  # c2 has only 4 prior events at its 300
+    a = alerts[0]
+    assert (a.entity, a.event_ts, a.threshold) == ("c1", 2.5 * day, 4.0)
+    agg = DecayingAggregate(half_life=day)
+    agg.update(np.log(hist), times)
+    stats = agg.value()
+    ev = a.evidence
+    assert ev["prior_count"] == 5 and ev["half_life"] == day
+    assert ev["mean"] == pytest.approx(stats.mean, rel=1e-12)
+    assert ev["sd"] == pytest.approx(math.sqrt(stats.variance), rel=1e-9)
+    assert ev["z"] == pytest.approx((math.log(300.0) - stats.mean) / math.sqrt(stats.variance), rel=1e-9)
+    assert a.score == pytest.approx(ev["z"])
+    assert ev["history_weight"] == pytest.approx(agg.count(at_ts=2.5 * day), rel=1e-12)
+    assert ev["ratio_to_typical"] == pytest.approx(300.0 / math.exp(stats.mean))
+    a.evidence_json()
+
+
+def test_outlier_needs_both_z_and_ratio_and_handles_zero_sd() -> None:
+    batch = make_batch(
+        "fraud",
+        card_id=["c"] * 9,
+        amount=[10.0] * 5 + [99.0, 10.0, 101.0, 10.0],
+        ts=[float(i) for i in range(9)],
+    )
+    alerts = run(OutlierDetector(), batch)
+    # 99 < 10 * 10 fails the ratio although sd = 0 (z = inf); then history is no longer flat.
+    assert triggers(alerts) == []
+    flat = make_batch("fraud", card_id=["c"] * 7, amount=[10.0] * 5 + [101.0, 10.0], ts=list(range(7)))
+    alerts = run(OutlierDetector(), flat)
+    assert triggers(alerts) == ["5"]
+    assert alerts[0].score == math.inf and alerts[0].evidence["z"] is None
+    assert alerts[0].evidence["sd"] == 0.0
+    assert math.isfinite(alerts[0].to_record()["score"])
+    alerts[0].evidence_json()
+
+
+def test_outlier_out_of_order_event_gets_its_decayed_weight() -> None:
+    day = 86400.0
+    vals, times = [10.0, 20.0, 15.0, 12.0, 30.0], [0.0, 2 * day, 1 * day, 3 * day, 0.5 * day]
+    batch = make_batch("fraud", card_id=["c"] * 6, amount=[*vals, 1e4], ts=[*times, 3 * day])
+    alerts = run(OutlierDetector(), batch)
+    agg = DecayingAggregate(half_life=day)
+    for v, t in zip(vals, times, strict=True):
+        agg.add(math.log(v), t)
+    assert triggers(alerts) == ["5"]
+    assert alerts[0].evidence["mean"] == pytest.approx(agg.mean(), rel=1e-12)
+
+
+def test_velocity_exact() -> None:
+    ts = [float(t) for t in range(10)] + [310.0, 311.0, 900.0, 901.0]
+    batch = make_batch("fraud", card_id=["c"] * 14, ts=ts)
+    alerts = run(VelocityDetector(), batch)
+    # bits 0,1,1,...: the 8th rapid event (position 8) reaches 8; position 9 is in cooldown;
+    # 310 is not rapid; 311 is rapid with 9 rapid among the last 10 and the cooldown over;
+    # 901 is rapid with 8 rapid among the last 10 (positions 4..13) 590 s after the last alert.
+    assert triggers(alerts) == ["8", "11", "13"]
+    a = alerts[0]
+    assert (a.entity, a.score, a.threshold, a.detector) == ("c", 8.0, 8.0, "card_velocity")
+    lo, hi = a.evidence["exact_bounds"]
+    assert lo <= 8 <= hi and a.evidence["estimate"] == 8
+    assert a.evidence["last_n"] == 10 and a.evidence["r"] == 8
+    assert a.evidence["seconds_since_previous"] == 1.0
+    a.evidence_json()
+
+
+def test_breach_exact() -> None:
+    temps = [81.0, 70.0, 85.0, 90.0, 80.0, 60.0, 99.0, 99.0, 99.0]
+    batch = make_batch("iot", device_id=["d"] * 9, temperature=temps, ts=[10.0 * i for i in range(9)])
+    alerts = run(BreachDetector(), batch)
+    assert triggers(alerts) == ["6"]  # the 5th reading >= 80; then cooldown (600 s)
+    assert alerts[0].evidence["value"] == 99.0 and alerts[0].evidence["limit"] == 80.0
+    assert alerts[0].score == 5.0 and alerts[0].threshold == 5.0
+
+
+def test_stuck_exact_and_across_batches() -> None:
+    temps = [20.0, 20.0, 20.0, 20.0, 21.0, 21.0, 22.0, 21.0, 21.0, 21.0, 21.0]
+    batch = make_batch(
+        "iot",
+        device_id=["d"] * 6 + ["e"] + ["d"] * 4,
+        temperature=temps,
+        ts=[float(i) for i in range(11)],
+    )
+    for cuts in ([], [1], [2, 3], [5, 6, 7, 8], list(range(1, 11))):
+        alerts = run(StuckDetector(), batch, cuts)
+        # d: 20 x4 (alert at its 3rd), 21, 21, [e 22], 21 x4 (its run of 21 reaches 3 at position 7)
+        assert triggers(alerts) == ["2", "7"]
+    assert alerts[0].evidence == {"value": 20.0, "run_length": 3, "consecutive": 3}
+
+
+def test_empty_batches() -> None:
+    for factory, stream, _ in CASES.values():
+        det = factory()
+        empty = stream(10, 0).take(np.zeros(0, dtype=np.intp))
+        assert det.process(empty) == [] and det.flush() == []
+
+
+def test_parameter_validation() -> None:
+    with pytest.raises(ValueError, match="key_columns"):
+        DuplicateDetector(key_columns=())
+    with pytest.raises(ValueError, match="half_life"):
+        OutlierDetector(half_life=0.0)
+    with pytest.raises(ValueError, match="consecutive"):
+        StuckDetector(consecutive=1)
+    with pytest.raises(ValueError, match="r must"):
+        VelocityDetector(r=1)
+    with pytest.raises(ValueError, match="idle_ttl"):
+        BreachDetector(idle_ttl=-1.0)
+
+
+# -- oracles on random streams -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_against_reference_models(seed: int) -> None:
+    fraud, iot = fraud_stream(FRAUD_N, seed), iot_stream(IOT_N, seed)
+
+    got = triggers(run(outlier_factory(), fraud))
+    assert got == ref_outlier(fraud, 300.0, 3, 2.5, 4.0, 120.0) and len(got) >= 10
+
+    def rapid(i: int, t: float, prev_ts: float) -> bool:
+        return abs(t - prev_ts) <= 10.0
+
+    got = triggers(run(velocity_factory(), fraud))
+    assert got == ref_dgim(fraud, "card_id", rapid, 10, 8, 4, 20.0, 90.0) and len(got) >= 10
+
+    temps = iot["temperature"]
+
+    def hot(i: int, t: float, prev_ts: float) -> bool:
+        return bool(temps[i] >= 80.0)
+
+    got = triggers(run(breach_factory(), iot))
+    assert got == ref_dgim(iot, "device_id", hot, 10, 2, 3, 30.0, 60.0) and len(got) >= 10
+
+    got = triggers(run(stuck_factory(), iot))
+    assert got == ref_stuck(iot, 3, 40.0) and len(got) >= 10
+
+    got = triggers(run(dup_tx_factory(), fraud))
+    assert got == ref_duplicates(fraud["tx_id"].tolist()) and len(got) >= 10
+
+    pairs = list(zip(iot["device_id"].tolist(), iot["payload"].tolist(), strict=True))
+    got = triggers(run(dup_payload_factory(), iot))
+    assert got == ref_duplicates(pairs) and len(got) >= 10
+
+
+# -- batch-boundary invariance, snapshot/resume, eviction -----------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_batch_boundary_invariance(name: str) -> None:
+    factory, stream, n = CASES[name]
+    batch = stream(n, 7)
+    whole = signature(run(factory(), batch))
+    assert len(whole) >= 10
+    singles = signature(run(factory(), batch, list(range(1, n))))
+    assert singles == whole
+    rng = np.random.default_rng(11)
+    for _ in range(8):
+        assert signature(run(factory(), batch, random_cuts(n, rng))) == whole
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_pickle_round_trip_mid_stream(name: str) -> None:
+    factory, stream, n = CASES[name]
+    batch = stream(n, 3)
+    whole = signature(run(factory(), batch))
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        cut = int(rng.integers(1, n))
+        live = factory()
+        head = run(live, batch.take(np.arange(cut)))
+        restored = pickle.loads(pickle.dumps(live, protocol=pickle.HIGHEST_PROTOCOL))
+        tail = batch.take(np.arange(cut, n))
+        resumed = run(restored, tail, random_cuts(len(tail), rng))
+        assert signature(resumed) == signature(run(live, tail))
+        assert signature(head + resumed) == whole
+
+
+def test_dgim_state_pickles_compactly() -> None:
+    det = velocity_factory()
+    run(det, fraud_stream(FRAUD_N, 4, cards=400))
+    assert det.n_entities > 100  # type: ignore[attr-defined]
+    size = len(pickle.dumps(det, protocol=pickle.HIGHEST_PROTOCOL))
+    assert size < 120 * det.n_entities  # type: ignore[attr-defined]
+
+
+def idle_batch(entity_column: str, value_column: str, flow: str, idle_ttl: float) -> EventBatch:
+    """100 entities active at t in [0, 100), then one entity far later."""
+    n = 100
+    columns: dict[str, Sequence[Any]] = {
+        entity_column: [f"e{i}" for i in range(n)] + ["late"],
+        value_column: [10.0] * n + [10.0],
+        "ts": [float(i) for i in range(n)] + [n + idle_ttl + 1.0],
+    }
+    return make_batch(flow, **columns)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: OutlierDetector(idle_ttl=500.0),
+        lambda: VelocityDetector(idle_ttl=500.0),
+        lambda: BreachDetector(idle_ttl=500.0),
+        lambda: StuckDetector(idle_ttl=500.0),
+    ],
+)
+def test_idle_entities_are_evicted(factory: Factory) -> None:
+    det: Any = factory()
+    ecol = "card_id" if isinstance(det, (OutlierDetector, VelocityDetector)) else "device_id"
+    vcol = "amount" if isinstance(det, OutlierDetector) else "temperature"
+    batch = idle_batch(ecol, vcol, "fraud" if ecol == "card_id" else "iot", 500.0)
+    det.process(batch.take(np.arange(100)))
+    assert det.n_entities == 100
+    det.process(batch.take(np.arange(100, 101)))
+    assert det.n_entities == 1  # all others idle > idle_ttl before the shard clock
+    size_after = len(pickle.dumps(det))
+    fresh: Any = factory()
+    fresh.process(batch.take(np.arange(100, 101)))
+    assert size_after <= len(pickle.dumps(fresh)) + 64
+
+
+def test_idle_entity_starts_afresh() -> None:
+    # five events, then an outlier after more than idle_ttl: no history any more, no alert ...
+    batch = make_batch(
+        "fraud",
+        card_id=["c"] * 6,
+        amount=[10.0, 11.0, 9.0, 10.0, 12.0, 500.0],
+        ts=[0.0, 1.0, 2.0, 3.0, 4.0, 1000.0],
+    )
+    assert run(OutlierDetector(idle_ttl=900.0), batch) == []
+    # ... whereas within idle_ttl it alerts; batch cuts do not matter either way
+    assert triggers(run(OutlierDetector(idle_ttl=1000.0), batch, [5])) == ["5"]
+    assert run(OutlierDetector(idle_ttl=900.0), batch, [5]) == []
+
+
+# -- statistics ----------------------------------------------------------------------------------
+
+
+def test_outlier_false_alarms_rare_and_injected_outliers_caught() -> None:
+    rng = np.random.default_rng(2026)
+    cards, per_card = 5000, 20
+    n = cards * per_card
+    card = np.repeat(np.arange(cards), per_card)
+    rng.shuffle(card)  # interleaved cards, each with 20 events
+    ts = 1_767_225_600.0 + np.sort(rng.uniform(0.0, 3 * 86400.0, n))
+    scale = np.exp(rng.normal(3.5, 1.0, cards))
+    amount = scale[card] * rng.lognormal(0.0, 0.5, n)
+    # inject 30x at the 15th event of 300 cards (14 prior events)
+    rank = np.empty(n, dtype=np.int64)
+    order = np.argsort(card, kind="stable")
+    rank[order] = np.arange(n) - np.repeat(np.arange(cards) * per_card, per_card)
+    victims = rng.choice(cards, 300, replace=False)
+    injected = np.isin(card, victims) & (rank == 14)
+    amount[injected] = scale[card[injected]] * 30.0
+    batch = make_batch(
+        "fraud", card_id=[f"c{c}" for c in card.tolist()], amount=amount.tolist(), ts=ts.tolist()
+    )
+    alerts = run(OutlierDetector(), batch, list(range(10_000, n, 10_000)))
+    hit = np.zeros(n, dtype=np.bool_)
+    hit[[int(a.trigger) for a in alerts]] = True
+    false_rate = float((hit & ~injected).sum()) / float((~injected).sum())
+    recall = float((hit & injected).sum()) / float(injected.sum())
+    assert false_rate < 1e-4
+    assert recall >= 0.95
