@@ -170,7 +170,8 @@ def make_engine(url: str, *, writer: bool = True) -> Engine:
     if backend == "sqlite" and u.database in (None, "", ":memory:"):
         raise ValueError(f"{url}: in-memory SQLite is private to one connection; use sqlite:///PATH")
     if backend == "sqlite" and writer:
-        Path(str(u.database)).parent.mkdir(parents=True, exist_ok=True)  # like the file itself, made on demand
+        # Like the file itself, its folder is made on demand.
+        Path(str(u.database)).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(u, json_serializer=_json_dumps)
     if backend == "sqlite":
         _setup_sqlite(engine, immediate=writer)

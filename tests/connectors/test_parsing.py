@@ -391,7 +391,8 @@ def test_parse_records_empty() -> None:
 # --------------------------------------------------------------------------------------------
 # Fuzz: valid events mixed with garbage
 
-_text = st.text(st.characters(exclude_characters="\x00"), max_size=12)
+# Valid text: no NUL and no lone surrogates (both are rejected by design, tested separately).
+_text = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=12)
 _epoch = st.floats(min_value=0.0, max_value=TS_HIGH, allow_nan=False)
 _iso = st.datetimes(
     min_value=datetime(1971, 1, 1),
