@@ -19,10 +19,13 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels sketchwatch \
  && rm -rf /wheels \
  && useradd --create-home sketchwatch \
- && mkdir /data && chown sketchwatch /data
+ && mkdir /data /recovery && chown sketchwatch /data /recovery
 USER sketchwatch
 WORKDIR /home/sketchwatch
-# The flow and its settings come from the environment (see the README); the default is the
-# fraud flow on its built-in generator, alerts into /home/sketchwatch/sketchwatch.db.
+# The flow and its settings come from the environment (see the README): SKETCHWATCH_* for the flow,
+# and Bytewax's own BYTEWAX_WORKERS_PER_PROCESS, BYTEWAX_PROCESS_ID, BYTEWAX_ADDRESSES,
+# BYTEWAX_RECOVERY_DIRECTORY, BYTEWAX_SNAPSHOT_INTERVAL, BYTEWAX_RECOVERY_BACKUP_INTERVAL for the
+# worker set. Without them: the fraud flow on its built-in generator, alerts into ./sketchwatch.db.
 ENV SKETCHWATCH_FLOW=fraud
+EXPOSE 2101
 CMD ["sh", "-c", "exec python -m bytewax.run dataflows.${SKETCHWATCH_FLOW}"]

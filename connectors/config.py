@@ -12,8 +12,9 @@ Variables
     - ``generate``: the flow's synthetic generator (deterministic for a seed);
     - ``file:PATH``: a JSON Lines (``.jsonl``, ``.json``, ``.ndjson``) or CSV (``.csv``, header row
       required) file, read once;
-    - ``kafka://HOST:PORT/TOPIC``: accepted by the parser, but not built yet (Kafka input arrives
-      with the production-path issue).
+    - ``kafka://HOST:PORT/TOPIC``: a Kafka topic, one input partition per Kafka partition,
+      offsets kept in the recovery store; it keeps waiting for new messages, unless
+      ``?tail=false`` is appended (then the flow ends at the end of every partition).
 ``SKETCHWATCH_SINKS`` (default ``sqlite:///sketchwatch.db``)
     Comma-separated outputs for alerts, samples and dead letters:
 
@@ -88,7 +89,7 @@ DEFAULTS: Final[dict[str, str]] = {
 }
 """Every global variable and its default."""
 
-_NOT_YET: Final = "Kafka input arrives with the production-path issue"
+_KAFKA_INPUT: Final = "a Kafka source is a stream step: build it with connectors.kafka.kafka_input"
 _NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 
 N = TypeVar("N", int, float)
@@ -106,6 +107,7 @@ class SourceSpec:
     path: str = ""
     brokers: str = ""
     topic: str = ""
+    tail: bool = True  # kafka: keep waiting for new messages (False: stop at the end of each partition)
 
 
 @dataclass(frozen=True)
@@ -269,16 +271,23 @@ def _positive(var: str, text: str) -> float:
     return value
 
 
-def _parse_kafka(var: str, text: str) -> tuple[str, str]:
+def _parse_kafka(var: str, text: str, query: bool = False) -> tuple[str, str, bool]:
+    """``(brokers, topic, tail)`` of ``kafka://HOST:PORT/TOPIC`` (sources may add ``?tail=false``)."""
     parts = urlsplit(text)
     try:
         port = parts.port
     except ValueError:
         port = None
     topic = parts.path.lstrip("/")
-    if not parts.hostname or port is None or not topic or "/" in topic or parts.query:
-        raise ConfigError(f"{var}: expected kafka://HOST:PORT/TOPIC, got {text!r}")
-    return f"{parts.hostname}:{port}", topic
+    form = "kafka://HOST:PORT/TOPIC[?tail=false]" if query else "kafka://HOST:PORT/TOPIC"
+    if not parts.hostname or port is None or not topic or "/" in topic:
+        raise ConfigError(f"{var}: expected {form}, got {text!r}")
+    tail = True
+    if parts.query:
+        if not query or parts.query not in ("tail=true", "tail=false"):
+            raise ConfigError(f"{var}: expected {form}, got {text!r}")
+        tail = parts.query == "tail=true"
+    return f"{parts.hostname}:{port}", topic, tail
 
 
 def _parse_source(text: str) -> SourceSpec:
@@ -298,8 +307,8 @@ def _parse_source(text: str) -> SourceSpec:
             raise ConfigError(f"{var}: file {path!r} does not exist")
         return SourceSpec("file", path=path)
     if text.startswith("kafka://"):
-        brokers, topic = _parse_kafka(var, text)
-        return SourceSpec("kafka", brokers=brokers, topic=topic)
+        brokers, topic, tail = _parse_kafka(var, text, query=True)
+        return SourceSpec("kafka", brokers=brokers, topic=topic, tail=tail)
     raise ConfigError(f"{var}: expected 'generate', 'file:PATH' or 'kafka://HOST:PORT/TOPIC', got {text!r}")
 
 
@@ -312,7 +321,7 @@ def _parse_sinks(text: str) -> tuple[SinkSpec, ...]:
         if item == "stdout":
             spec = SinkSpec("stdout")
         elif item.startswith("kafka://"):
-            brokers, topic = _parse_kafka(var, item)
+            brokers, topic, _ = _parse_kafka(var, item)
             spec = SinkSpec("kafka", brokers=brokers, topic=topic)
         elif item.startswith(("sqlite:", "postgresql", "postgres:")):
             spec = SinkSpec("sql", url=_check_sql_url(var, item))
@@ -361,7 +370,7 @@ def build_sinks(config: Config) -> list[DynamicSink[Any]]:
         if spec.kind == "stdout":
             sinks.append(StdoutSink())
         elif spec.kind == "kafka":
-            raise ConfigError("SKETCHWATCH_SINKS: Kafka output arrives with the production-path issue")
+            continue  # a partitioned sink: dataflows.common wires it (connectors.kafka.KafkaAlertSink)
         else:
             try:
                 sinks.append(SqlSink(spec.url))
@@ -400,4 +409,4 @@ def build_source(config: Config, generator_factory: Callable[[str], GenerateFn] 
             return FileSource(spec.path, config.flow, batch_size=config.batch)
         except (OSError, ValueError) as e:
             raise ConfigError(f"SKETCHWATCH_SOURCE: {e}") from e
-    raise ConfigError(f"SKETCHWATCH_SOURCE: {_NOT_YET}")
+    raise ConfigError(f"SKETCHWATCH_SOURCE: {_KAFKA_INPUT}")

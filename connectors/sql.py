@@ -1,4 +1,4 @@
-"""Alerts, samples and dead letters in SQL (SQLite now, Postgres through psycopg 3), via SQLAlchemy Core.
+"""Alerts, samples and dead letters in SQL (SQLite or Postgres through psycopg 3), via SQLAlchemy Core.
 
 Tables (one :data:`metadata`):
 
@@ -25,18 +25,55 @@ Each ``write_batch`` is one transaction: a batch is stored entirely or not at al
 
 SQLite runs in WAL mode with a 30 s busy timeout and ``BEGIN IMMEDIATE`` transactions, so several
 workers (threads or processes) can write one file concurrently; they take turns.
+
+Postgres (``postgresql+psycopg://``): insert-or-ignore is ``INSERT ... ON CONFLICT (pk) DO
+NOTHING``; JSON columns are ``json``, timestamps ``timestamptz``, raw bytes ``bytea``. Engines use
+``pool_pre_ping`` (a connection that died while idle in the pool is replaced before use), a
+``connect_timeout`` of 10 s and TCP keepalives unless the URL sets them. Postgres text cannot hold
+NUL characters (SQLite can): in the text columns of a Postgres row, ``\\x00`` is stored as
+U+FFFD (the primary keys are hex digests, never affected; JSON keeps ``\\u0000``).
+
+Outages
+-------
+Errors are sorted by :func:`is_transient_error`. *Transient*: the server cannot be reached or
+the connection dropped (refused, reset, timeout, DNS failure, server starting up or shutting
+down, too many clients, SQLSTATE class 08, ``57P01``-``57P03``, serialization failure or
+deadlock, SQLAlchemy's ``DisconnectionError`` / invalidated connections; SQLite: database
+locked). *Permanent*: everything else, e.g. a bad password, an unknown role or database, a
+missing or mismatched table, bad data: those raise at once, never retried.
+
+- **Writing** (:meth:`SqlSink.build` partitions): a transient failure retries the *same* batch
+  with exponential backoff (:data:`RETRY_INITIAL` s doubling to :data:`RETRY_MAX` s), one log
+  line per retry on logger ``connectors.sql`` (password redacted), and a line when the database
+  is back. ``write_batch`` does not return meanwhile, so the flow stops behind it (back-pressure:
+  no snapshot completes, nothing is read ahead). By default it retries forever
+  (``write_timeout=None``): a stalled flow that resumes on its own beats a crash-restart loop.
+  Nothing is lost or duplicated: a batch is one transaction, so it is stored entirely or not at
+  all, and the retry re-sends all its rows with insert-or-ignore. If the connection dropped
+  during ``COMMIT`` the outcome is unknown (it may have committed); the retry then either stores
+  the whole batch (it had not committed) or ignores every row (it had), never half or twice.
+- **Start-up** (:class:`SqlSink` construction creates the tables): a bad URL fails at once
+  (``ValueError``), so do permanent errors; an unreachable server is retried with the same
+  backoff for ``startup_timeout`` seconds (default: the URL's ``connect_timeout`` if given,
+  else :data:`STARTUP_TIMEOUT`), covering a database container still starting next to the
+  flow; then :class:`DatabaseUnavailableError` (a ``ConnectionError``) with one line naming the
+  URL, the time waited and the last error.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from sqlalchemy import (
     JSON,
@@ -57,24 +94,31 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.sql.dml import Insert
 
 from connectors.events import DeadLetter, Sample
 from operators.alerts import Alert
 
 __all__ = [
+    "CONNECT_TIMEOUT",
+    "RETRY_INITIAL",
+    "RETRY_MAX",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "STARTUP_TIMEOUT",
+    "DatabaseUnavailableError",
     "SinkItem",
     "SqlSink",
     "alerts",
     "create_tables",
     "dead_letter_id",
     "dead_letters",
+    "is_transient_error",
     "make_engine",
     "metadata",
     "read_alerts",
     "read_table",
+    "redact",
     "samples",
     "write_items",
 ]
@@ -84,6 +128,23 @@ SinkItem = Alert | Sample | DeadLetter
 
 SQLITE_BUSY_TIMEOUT_MS: Final = 30_000
 """How long a SQLite writer waits for another writer's transaction before failing."""
+
+RETRY_INITIAL: Final = 0.1
+"""Seconds before the first retry after a transient database failure; doubles each retry."""
+
+RETRY_MAX: Final = 5.0
+"""Cap of the retry delay, in seconds."""
+
+STARTUP_TIMEOUT: Final = 30.0
+"""Seconds :class:`SqlSink` keeps trying an unreachable database at start-up (unless the URL sets
+``connect_timeout``) before it gives up with :class:`DatabaseUnavailableError`."""
+
+CONNECT_TIMEOUT: Final = 10
+"""Seconds one Postgres connection attempt may take, unless the URL sets ``connect_timeout``."""
+
+log = logging.getLogger("connectors.sql")
+
+T = TypeVar("T")
 
 
 def _utcnow() -> datetime:
@@ -172,10 +233,33 @@ def make_engine(url: str, *, writer: bool = True) -> Engine:
     if backend == "sqlite" and writer:
         # Like the file itself, its folder is made on demand.
         Path(str(u.database)).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(u, json_serializer=_json_dumps)
     if backend == "sqlite":
+        engine = create_engine(u, json_serializer=_json_dumps)
         _setup_sqlite(engine, immediate=writer)
-    return engine
+        return engine
+    # Defaults the URL's query string may override: a bounded connection attempt, and TCP
+    # keepalives so a silently dead server is noticed in ~1 min instead of hanging a write.
+    defaults: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    connect_args = {k: v for k, v in defaults.items() if k not in u.query}
+    return create_engine(u, json_serializer=_json_dumps, pool_pre_ping=True, connect_args=connect_args)
+
+
+def redact(url: str | URL) -> str:
+    """``url`` with its password replaced by ``***`` (for logs and error messages).
+
+    >>> redact("postgresql+psycopg://u:secret@db:5432/sw")
+    'postgresql+psycopg://u:***@db:5432/sw'
+    """
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return "<unparsable database URL>"
 
 
 def _setup_sqlite(engine: Engine, *, immediate: bool) -> None:
@@ -203,6 +287,130 @@ def _insert_ignore(engine: Engine, table: Table) -> Insert:
     if name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=pk)
     raise ValueError(f"insert-or-ignore is not implemented for dialect {name!r}; use SQLite or Postgres")
+
+
+# --------------------------------------------------------------------------------------------
+# Transient failures and retries
+
+# SQLSTATEs worth retrying: class 08 (connection exception) is matched by prefix.
+_TRANSIENT_SQLSTATES: Final = frozenset(
+    {
+        "40001",  # serialization_failure: the transaction was rolled back, safe to re-run
+        "40P01",  # deadlock_detected: likewise
+        "53300",  # too_many_connections
+        "57P01",  # admin_shutdown: server stopped (fast/immediate shutdown)
+        "57P02",  # crash_shutdown: another backend crashed, server restarting
+        "57P03",  # cannot_connect_now: starting up, shutting down, in recovery
+    }
+)
+# A connection attempt refused *by the server* carries no SQLSTATE in psycopg, only "FATAL: ...".
+# These FATAL messages are transient; any other FATAL (bad password, unknown role or database,
+# no pg_hba.conf entry, ...) is permanent.
+_TRANSIENT_FATAL: Final = (
+    "starting up",
+    "shutting down",
+    "in recovery mode",
+    "not yet accepting connections",
+    "too many clients",
+    "remaining connection slots",
+    "terminating connection",
+)
+
+
+def is_transient_error(error: BaseException) -> bool:
+    """Whether ``error`` means "database unreachable or connection lost" (worth retrying).
+
+    Transient: connection refused, reset or timed out, host not resolvable, the server starting
+    up or shutting down, too many clients, SQLSTATE class ``08`` and ``57P01``-``57P03``,
+    serialization failures and deadlocks (``40001``, ``40P01``), SQLAlchemy's
+    ``DisconnectionError``, pool timeouts and errors that invalidated the connection; for SQLite,
+    "database is locked". Permanent (``False``): everything else, notably authentication
+    failures, unknown databases or roles, missing tables or columns, bad data.
+
+    >>> import psycopg
+    >>> is_transient_error(psycopg.OperationalError("connection failed: ... Connection refused"))
+    True
+    >>> is_transient_error(psycopg.OperationalError('... FATAL:  database "x" does not exist'))
+    False
+    """
+    if isinstance(error, exc.DisconnectionError | exc.TimeoutError):
+        return True
+    orig: BaseException | None = error
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        orig = error.orig
+    if isinstance(orig, psycopg.Error):
+        state = orig.sqlstate
+        if state:
+            return state.startswith("08") or state in _TRANSIENT_SQLSTATES
+        if not isinstance(orig, psycopg.OperationalError | psycopg.InterfaceError):
+            return False
+        message = str(orig)
+        if "FATAL:" in message:
+            return any(phrase in message for phrase in _TRANSIENT_FATAL)
+        return True  # refused, reset, timeout, DNS, "the connection is lost", ...
+    if isinstance(orig, sqlite3.OperationalError):
+        text = str(orig).lower()
+        return "database is locked" in text or "database is busy" in text
+    return False
+
+
+class DatabaseUnavailableError(ConnectionError):
+    """The database stayed unreachable for the whole retry budget (one-line message)."""
+
+
+def _first_line(error: BaseException, password: str | None) -> str:
+    """One line describing ``error`` (the DBAPI message, without SQL or password)."""
+    inner = error.orig if isinstance(error, exc.DBAPIError) and error.orig is not None else error
+    text = " ".join(str(inner).split())  # psycopg spreads one error over several lines
+    if password:
+        text = text.replace(password, "***")
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
+
+
+def _retrying(
+    action: Callable[[], T],
+    *,
+    what: str,
+    url: URL,
+    timeout: float | None,
+) -> T:
+    """Run ``action``; retry transient failures with backoff for up to ``timeout`` s (None: forever).
+
+    Permanent errors propagate at once. When the budget is spent, DatabaseUnavailableError.
+    """
+    shown = url.render_as_string(hide_password=True)
+    started = time.monotonic()
+    delay = RETRY_INITIAL
+    attempt = 0
+    while True:
+        try:
+            result = action()
+        except Exception as e:
+            if not is_transient_error(e):
+                raise
+            attempt += 1
+            waited = time.monotonic() - started
+            reason = _first_line(e, url.password)
+            if timeout is not None and waited + delay > timeout:
+                raise DatabaseUnavailableError(
+                    f"{shown}: database unreachable for {waited:.1f} s ({attempt} attempts, gave up "
+                    f"after {timeout:g} s): {reason}"
+                ) from e
+            log.warning("%s: %s failed (%s); retry %d in %.1f s", shown, what, reason, attempt, delay)
+            time.sleep(delay)
+            delay = min(delay * 2.0, RETRY_MAX)
+        else:
+            if attempt:
+                log.warning(
+                    "%s: %s succeeded after %d retries (%.1f s)",
+                    shown,
+                    what,
+                    attempt,
+                    time.monotonic() - started,
+                )
+            return result
 
 
 def create_tables(engine: Engine) -> None:
@@ -309,34 +517,68 @@ class SqlSink(DynamicSink[SinkItem]):
     keys and insert-or-ignore: writing the same items twice stores each row once. Every
     ``write_batch`` is one transaction. Each worker opens its own connection.
 
+    Outages (see the module docstring): a write that fails because the database is unreachable
+    or the connection dropped is retried, same batch, with exponential backoff, blocking the
+    flow meanwhile; permanent errors raise.
+
     Parameters
     ----------
     url : str
         SQLAlchemy URL: ``sqlite:///PATH`` or ``postgresql+psycopg://USER:PASS@HOST/DB``.
     create : bool, default True
         Create missing tables now (at construction, so a bad URL fails at start-up).
+    startup_timeout : float, optional
+        Seconds to keep retrying an unreachable database while creating the tables. Default:
+        the URL's ``connect_timeout`` if it has one, else :data:`STARTUP_TIMEOUT`.
+    write_timeout : float, optional
+        Seconds a write keeps retrying before it raises :class:`DatabaseUnavailableError` (which
+        stops the flow). Default ``None``: retry until the database is back.
 
     Raises
     ------
     ValueError
         Unsupported database URL.
+    DatabaseUnavailableError
+        The database stayed unreachable for ``startup_timeout`` seconds.
+    sqlalchemy.exc.DBAPIError
+        A permanent error (authentication, unknown database, ...), raised at once.
     """
 
-    def __init__(self, url: str, create: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        create: bool = True,
+        *,
+        startup_timeout: float | None = None,
+        write_timeout: float | None = None,
+    ) -> None:
         self.url = url
+        self.write_timeout = write_timeout
         engine = make_engine(url)
+        if startup_timeout is None:
+            given = engine.url.query.get("connect_timeout")
+            try:
+                startup_timeout = float(given) if isinstance(given, str) else STARTUP_TIMEOUT
+            except ValueError:
+                startup_timeout = STARTUP_TIMEOUT
+        self.startup_timeout = startup_timeout
         try:
             if create:
-                create_tables(engine)
+                _retrying(
+                    lambda: create_tables(engine),
+                    what="creating tables",
+                    url=engine.url,
+                    timeout=startup_timeout,
+                )
         finally:
             engine.dispose()
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _SqlPartition:
         """A partition with its own engine and connection."""
-        return _SqlPartition(make_engine(self.url))
+        return _SqlPartition(make_engine(self.url), self.write_timeout)
 
     def __repr__(self) -> str:
-        return f"SqlSink({make_url(self.url).render_as_string(hide_password=True)!r})"
+        return f"SqlSink({redact(self.url)!r})"
 
 
 _ROWS: Final[tuple[tuple[type, Table, Callable[[Any], dict[str, Any]], str], ...]] = (
@@ -346,10 +588,21 @@ _ROWS: Final[tuple[tuple[type, Table, Callable[[Any], dict[str, Any]], str], ...
 )
 
 
+def _text_columns(table: Table) -> tuple[str, ...]:
+    return tuple(c.name for c in table.columns if isinstance(c.type, String))  # Text is a String
+
+
 class _SqlPartition(StatelessSinkPartition[SinkItem]):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, write_timeout: float | None = None) -> None:
         self._engine = engine
+        self._write_timeout = write_timeout
         self._inserts = {table.name: _insert_ignore(engine, table) for _, table, _, _ in _ROWS}
+        # Postgres rejects NUL in text; None: nothing to clean (SQLite).
+        self._text = (
+            {table.name: _text_columns(table) for _, table, _, _ in _ROWS}
+            if engine.dialect.name == "postgresql"
+            else None
+        )
 
     def write_batch(self, items: list[SinkItem]) -> None:
         rows: dict[str, dict[str, dict[str, Any]]] = {table.name: {} for _, table, _, _ in _ROWS}
@@ -357,19 +610,38 @@ class _SqlPartition(StatelessSinkPartition[SinkItem]):
             for cls, table, to_row, pk in _ROWS:
                 if isinstance(item, cls):
                     row = to_row(item)
+                    if self._text is not None:
+                        _drop_nul(row, self._text[table.name])
                     rows[table.name][row[pk]] = row  # one row per key, also within a batch
                     break
             else:
                 raise TypeError(f"SqlSink takes Alert, Sample or DeadLetter items, got {type(item).__name__}")
         if not any(rows.values()):
             return
-        with self._engine.begin() as conn:
-            for name, by_key in rows.items():
-                if by_key:
-                    conn.execute(self._inserts[name], list(by_key.values()))
+        batches = {name: list(by_key.values()) for name, by_key in rows.items() if by_key}
+
+        def write() -> None:
+            # One transaction: all of the batch or none of it, so a retry is always safe.
+            with self._engine.begin() as conn:
+                for name, values in batches.items():
+                    conn.execute(self._inserts[name], values)
+
+        _retrying(
+            write,
+            what=f"write of {len(items)} items",
+            url=self._engine.url,
+            timeout=self._write_timeout,
+        )
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def _drop_nul(row: dict[str, Any], columns: tuple[str, ...]) -> None:
+    for c in columns:
+        v = row.get(c)
+        if isinstance(v, str) and "\x00" in v:
+            row[c] = v.replace("\x00", "\ufffd")
 
 
 # --------------------------------------------------------------------------------------------

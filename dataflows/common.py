@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -26,6 +26,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.config import Config, ConfigError, build_sinks, build_source
 from connectors.events import DeadLetter, EventBatch, Sample
+from connectors.kafka import KafkaAlertSink, alert_output, kafka_input, kafka_settings
 from operators.alerts import Alert
 from operators.runtime import GLOBAL_KEY, DetectorSpec, detector_step
 from operators.sampling import sampler_for
@@ -36,18 +37,34 @@ __all__ = ["build_flow", "flow_from_env", "sampling_spec"]
 def build_flow(name: str, detectors: list[DetectorSpec], config: Config) -> Dataflow:
     """The dataflow of flow ``name`` running ``detectors`` with ``config``'s source and sinks."""
     flow = Dataflow(f"sketchwatch_{name}")
-    raw = op.input("source", flow, build_source(config))
-    split = op.branch("split", raw, _is_batch)
-    events: Stream[EventBatch] = split.trues
-    dead: Stream[DeadLetter] = split.falses
+    split = op.branch("split", _source(flow, config), _is_batch)
+    events = cast(Stream[EventBatch], split.trues)
+    dead = cast(Stream[DeadLetter], split.falses)
+    if config.env.get(CHAOS_VARIABLE):
+        events = op.map("chaos", events, _Chaos(config.env[CHAOS_VARIABLE]))
     outputs: list[Stream[Any]] = [dead]
     for spec in detectors:
         outputs.append(detector_step(spec.name, events, spec, config.shards, config.seed))
     results = op.merge("results", *outputs)
-    for index, sink in enumerate(build_sinks(config)):
-        op.output(f"sink_{index}", results, sink)
+    _sinks(results, config)
     _summary(name, events, results)
     return flow
+
+
+def _source(flow: Dataflow, config: Config) -> Stream[EventBatch | DeadLetter]:
+    if config.source.kind == "kafka":
+        return kafka_input(flow, "source", config)
+    return op.input("source", flow, build_source(config))
+
+
+def _sinks(results: Stream[Any], config: Config) -> None:
+    for index, sink in enumerate(build_sinks(config)):
+        op.output(f"sink_{index}", results, sink)
+    # Kafka alert sinks are partitioned: exactly-once needs one writer per Kafka partition.
+    settings = kafka_settings(config.env)
+    for index, spec in enumerate(s for s in config.sinks if s.kind == "kafka"):
+        kafka_sink = KafkaAlertSink.from_url(f"kafka://{spec.brokers}/{spec.topic}", settings)
+        alert_output(f"kafka_sink_{index}", results, kafka_sink)
 
 
 def flow_from_env(name: str, detectors: Callable[[Config], list[DetectorSpec]]) -> Dataflow:
@@ -64,6 +81,21 @@ def sampling_spec(config: Config) -> list[DetectorSpec]:
     if config.sample_k == 0:
         return []
     return [DetectorSpec("sampling", None, partial(sampler_for, config.flow, config.sample_k, config.seed))]
+
+
+CHAOS_VARIABLE = "SKETCHWATCH_CHAOS_FAIL_AT"
+"""Fault injection for crash tests: ``SKETCHWATCH_CHAOS_FAIL_AT=N`` makes the flow raise inside a
+step when the event at input position ``N`` arrives. Unset in production: the step is not built."""
+
+
+class _Chaos:
+    def __init__(self, position: str) -> None:
+        self.position = int(position)
+
+    def __call__(self, batch: EventBatch) -> EventBatch:
+        if (batch.positions == self.position).any():
+            raise RuntimeError(f"chaos: injected failure at input position {self.position}")
+        return batch
 
 
 def _is_batch(item: EventBatch | DeadLetter) -> bool:

@@ -95,12 +95,12 @@ def test_values_are_read() -> None:
         (
             "SKETCHWATCH_SOURCE",
             "kafka://broker/tx",
-            "SKETCHWATCH_SOURCE: expected kafka://HOST:PORT/TOPIC, got 'kafka://broker/tx'",
+            "SKETCHWATCH_SOURCE: expected kafka://HOST:PORT/TOPIC[?tail=false], got 'kafka://broker/tx'",
         ),
         (
             "SKETCHWATCH_SOURCE",
             "kafka://b:x/tx",
-            "SKETCHWATCH_SOURCE: expected kafka://HOST:PORT/TOPIC, got 'kafka://b:x/tx'",
+            "SKETCHWATCH_SOURCE: expected kafka://HOST:PORT/TOPIC[?tail=false], got 'kafka://b:x/tx'",
         ),
         ("SKETCHWATCH_SINKS", " , ", "SKETCHWATCH_SINKS: expected at least one sink, got ','"),
         (
@@ -175,20 +175,15 @@ def test_generator_factory_defaults_to_connectors_generators(monkeypatch: pytest
     assert isinstance(src, GeneratorSource) and src.generate is fake_generate
 
 
-def test_kafka_parses_but_is_not_built_yet() -> None:
+def test_kafka_source_and_sink_are_built_by_the_flow_not_here() -> None:
     c = Config.from_env(
         "fraud", {"SKETCHWATCH_SOURCE": "kafka://broker:9092/tx", "SKETCHWATCH_SINKS": "kafka://b:1/alerts"}
     )
     assert c.source == SourceSpec("kafka", brokers="broker:9092", topic="tx")
     assert c.sinks == (SinkSpec("kafka", brokers="b:1", topic="alerts"),)
-    with pytest.raises(
-        ConfigError, match=r"^SKETCHWATCH_SOURCE: Kafka input arrives with the production-path issue$"
-    ):
+    with pytest.raises(ConfigError, match=r"^SKETCHWATCH_SOURCE: a Kafka source is a stream step"):
         build_source(c, lambda flow: fake_generate)
-    with pytest.raises(
-        ConfigError, match=r"^SKETCHWATCH_SINKS: Kafka output arrives with the production-path issue$"
-    ):
-        build_sinks(c)
+    assert build_sinks(c) == []  # the partitioned Kafka alert sink is wired by dataflows.common
 
 
 def test_sinks(tmp_path: Path) -> None:
@@ -246,3 +241,13 @@ def test_params() -> None:
     c2 = Config.from_env("fraud", {"SKETCHWATCH_FRAUD_X": "nan"})
     with pytest.raises(ConfigError, match="SKETCHWATCH_FRAUD_X: expected a number"):
         c2.param("x", 1.0)
+
+
+def test_kafka_source_tail_option() -> None:
+    tailing = Config.from_env("fraud", {"SKETCHWATCH_SOURCE": "kafka://b:9092/tx"}).source
+    finite = Config.from_env("fraud", {"SKETCHWATCH_SOURCE": "kafka://b:9092/tx?tail=false"}).source
+    assert (tailing.tail, finite.tail, finite.topic, finite.brokers) == (True, False, "tx", "b:9092")
+    with pytest.raises(ConfigError, match=r"SKETCHWATCH_SOURCE: expected kafka://HOST:PORT/TOPIC\[\?tail"):
+        Config.from_env("fraud", {"SKETCHWATCH_SOURCE": "kafka://b:9092/tx?x=1"})
+    with pytest.raises(ConfigError, match="SKETCHWATCH_SINKS"):
+        Config.from_env("fraud", {"SKETCHWATCH_SINKS": "kafka://b:9092/tx?tail=false"})

@@ -1,0 +1,191 @@
+"""Production path end to end against real services: Kafka (tansu) in, Postgres and Kafka out.
+
+Every test compares with the embedded run of the same events (generator in, SQLite out): a
+1-partition topic loaded in generator order gives offsets equal to generator positions, so
+the alert ids must be identical, and each must be stored exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from connectors.produce import produce_events
+from connectors.sql import read_alerts
+from dataflows.evaluate import run_flow
+from tests.services.kafka import create_topic
+
+REPO = Path(__file__).resolve().parents[2]
+EVENTS = 200_000
+SEED = 5
+FLOW = "fraud"
+
+
+def _reference(tmp: Path, events: int) -> set[str]:
+    url = f"sqlite:///{tmp / 'reference.db'}"
+    run_flow(
+        FLOW, {"SKETCHWATCH_EVENTS": str(events), "SKETCHWATCH_SEED": str(SEED), "SKETCHWATCH_SINKS": url}
+    )
+    return {a["alert_id"] for a in read_alerts(url)}
+
+
+def _kafka_alert_ids(bootstrap: str, topic: str) -> list[str]:
+    """Every alert id in ``topic`` (read_committed; resume markers carry no id), duplicates kept."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{time.monotonic_ns()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    ids: list[str] = []
+    done: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(done) < len(partitions) and time.monotonic() < deadline:
+        for msg in consumer.consume(10_000, 0.2):
+            if msg.error() is None:
+                headers = dict(msg.headers() or [])
+                if "alert_id" in headers:
+                    ids.append(headers["alert_id"].decode())
+            elif msg.error().code() == KafkaError._PARTITION_EOF:
+                done.add(msg.partition())
+    consumer.close()
+    assert len(done) == len(partitions), "could not read the alerts topic to its end"
+    return ids
+
+
+class Stack:
+    """A topic loaded with the events, a fresh alerts topic and database, a recovery store."""
+
+    def __init__(self, tmp: Path, bootstrap: str, pg_url: str, name: str, events: int) -> None:
+        self.tmp, self.bootstrap, self.events = tmp, bootstrap, events
+        self.source_topic, self.alerts_topic = f"{name}-events", f"{name}-alerts"
+        create_topic(bootstrap, self.source_topic, 1)
+        create_topic(bootstrap, self.alerts_topic, 3)
+        produce_events(FLOW, events, SEED, bootstrap, self.source_topic)
+        self.pg_url = pg_url.rsplit("/", 1)[0] + "/" + name
+        _create_database(pg_url, name)
+        self.recovery = tmp / "recovery"
+        self.recovery.mkdir()
+        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(self.recovery), "4"], check=True)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "SKETCHWATCH_SOURCE": f"kafka://{self.bootstrap}/{self.source_topic}?tail=false",
+            "SKETCHWATCH_SINKS": f"{self.pg_url},kafka://{self.bootstrap}/{self.alerts_topic}",
+            "SKETCHWATCH_SEED": str(SEED),
+            "BYTEWAX_RECOVERY_DIRECTORY": str(self.recovery),
+            "BYTEWAX_SNAPSHOT_INTERVAL": "1",
+            "BYTEWAX_RECOVERY_BACKUP_INTERVAL": "0",
+            **extra,
+        }
+
+    def start(self, workers: int = 1, **extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bytewax.run", f"dataflows.{FLOW}", "-w", str(workers)],
+            env=self.env(**extra),
+            cwd=self.tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def run_to_end(self, workers: int = 1, **extra: str) -> str:
+        proc = self.start(workers, **extra)
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+        return out
+
+    def check(self, expected: set[str]) -> None:
+        pg = Counter(a["alert_id"] for a in read_alerts(self.pg_url))
+        assert set(pg) == expected, f"missing {len(expected - set(pg))}, extra {len(set(pg) - expected)}"
+        assert max(pg.values()) == 1
+        kafka = Counter(_kafka_alert_ids(self.bootstrap, self.alerts_topic))
+        assert set(kafka) == expected, (
+            f"missing {len(expected - set(kafka))}, extra {len(set(kafka) - expected)}"
+        )
+        duplicated = {k: v for k, v in kafka.items() if v > 1}
+        assert not duplicated, f"{len(duplicated)} alerts written twice to Kafka"
+
+
+def _create_database(pg_url: str, name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    return _reference(tmp_path_factory.mktemp("reference"), EVENTS)
+
+
+@pytest.fixture
+def stack(
+    request: pytest.FixtureRequest, tmp_path: Path, kafka_broker: Any, postgres_server: Any
+) -> Iterator[Stack]:
+    name = request.node.name.replace("[", "_").replace("]", "").lower()[:40]
+    yield Stack(tmp_path, kafka_broker.bootstrap, postgres_server.url, name, EVENTS)
+
+
+def test_kafka_to_postgres_and_kafka_equals_the_embedded_run(stack: Stack, expected: set[str]) -> None:
+    out = stack.run_to_end()
+    assert f"{EVENTS:,} events processed" in out
+    stack.check(expected)
+
+
+def test_five_sigkills_then_resume_lose_and_duplicate_nothing(stack: Stack, expected: set[str]) -> None:
+    rng = random.Random(SEED)
+    kills = 0
+    while kills < 5:
+        proc = stack.start()
+        time.sleep(rng.uniform(1.5, 4.0))
+        if proc.poll() is not None:
+            break  # finished before the kill: the remaining runs would find nothing to do
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    assert kills >= 5, "the run finished before five kills; give it more events"
+    stack.run_to_end()
+    stack.check(expected)
+
+
+def test_exception_in_a_step_then_resume_with_two_workers(stack: Stack, expected: set[str]) -> None:
+    proc = stack.start(SKETCHWATCH_CHAOS_FAIL_AT=str(EVENTS // 2))
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "injected failure" in out
+    stack.run_to_end(workers=2)
+    stack.check(expected)
+
+
+def test_postgres_down_for_ten_seconds_mid_run(
+    stack: Stack, expected: set[str], postgres_server: Any
+) -> None:
+    proc = stack.start()
+    time.sleep(2.0)
+    postgres_server.stop()
+    time.sleep(10.0)
+    postgres_server.start()
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    stack.check(expected)
