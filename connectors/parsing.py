@@ -48,12 +48,13 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from operator import itemgetter
 from typing import Any, Final
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from connectors.events import SCHEMAS, DeadLetter, EventBatch, Field, Schema
@@ -334,6 +335,39 @@ def _decode_text(
 
 
 def _decode_jsonl(
+    flow: str, lines: Sequence[bytes], first: int, source: str
+) -> tuple[list[int], list[dict[str, Any]], list[DeadLetter]]:
+    """Decode JSON Lines: orjson for lines that are plain JSON objects (~3x faster than the
+    standard library), the standard-library path for everything else (it accepts a superset of
+    JSON and words the dead-letter reasons), so the outcome equals the reference path's."""
+    keep: list[int] = []
+    recs: list[dict[str, Any]] = []
+    slow: list[int] = []
+    loads, error = orjson.loads, orjson.JSONDecodeError
+    for i, line in enumerate(lines):
+        if len(line) <= MAX_RECORD_BYTES:
+            try:
+                obj = loads(line)
+            except error:
+                slow.append(i)
+                continue
+            if type(obj) is dict:
+                keep.append(i)
+                recs.append(obj)
+                continue
+        slow.append(i)
+    if not slow:
+        return keep, recs, []
+    sub_keep, sub_recs, dead = _decode_jsonl_reference(flow, [lines[i] for i in slow], 0, source)
+    dead = [replace(d, position=first + slow[d.position]) for d in dead]
+    merged = sorted(
+        [*zip(keep, recs, strict=True), *((slow[k], r) for k, r in zip(sub_keep, sub_recs, strict=True))],
+        key=itemgetter(0),
+    )
+    return [i for i, _ in merged], [r for _, r in merged], dead
+
+
+def _decode_jsonl_reference(
     flow: str, lines: Sequence[bytes], first: int, source: str
 ) -> tuple[list[int], list[dict[str, Any]], list[DeadLetter]]:
     dead: list[DeadLetter] = []
