@@ -10,8 +10,8 @@ class                         used for (flow: detector)        state per shard
 :class:`DuplicateDetector`    fraud: duplicate_tx,             one :class:`sketches.AgingBloomFilter`
                               iot: duplicate_payload
 :class:`OutlierDetector`      fraud: amount_outlier            :class:`EntityTable` (decayed mean/var)
-:class:`VelocityDetector`     fraud: card_velocity             one :class:`sketches.DGIM` per entity
-:class:`BreachDetector`       iot: threshold_breaches          one :class:`sketches.DGIM` per entity
+:class:`VelocityDetector`     fraud: card_velocity             DGIM per entity (DGIMTable rows)
+:class:`BreachDetector`       iot: threshold_breaches          DGIM per entity (DGIMTable rows)
 :class:`StuckDetector`        iot: stuck_sensor                :class:`EntityTable` (last value, run)
 ============================  ===============================  ==========================================
 
@@ -52,6 +52,8 @@ from operators.alerts import Alert
 from operators.entities import EntityTable
 from operators.runtime import Detector, Output
 from sketches import DGIM, AgingBloomFilter
+from sketches.dgim_table import MAX_WINDOW as DGIM_TABLE_MAX_WINDOW
+from sketches.dgim_table import DGIMTable
 from sketches.hashing import fmix64, hash64_many
 
 __all__ = [
@@ -552,6 +554,14 @@ class OutlierDetector(Detector):
 # -- DGIM counters: velocity and threshold breaches ---------------------------------------------
 
 
+def _mask_dtype(window: int) -> type[np.unsignedinteger[Any]]:
+    """The narrowest unsigned dtype holding a ``window``-bit DGIMTable mask (state columns)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if window <= np.iinfo(dtype).bits:
+            return dtype
+    return np.uint64
+
+
 class _DGIMDetector(Detector):
     """Per entity a DGIM over one bit per event; alert when its estimate reaches ``threshold``.
 
@@ -559,10 +569,11 @@ class _DGIMDetector(Detector):
     threshold at such an event anyway; after a cooldown, an entity whose window still holds
     old ones alerts again only at a new 1-bit, not at an ordinary event). Subclasses define
     :meth:`_bits` (the bit of each event, in sorted order) and :meth:`_evidence` (their extra
-    evidence). State per entity: ``[dgim, prev_ts, last_alert,
-    upper]`` where ``upper`` is an upper bound of the DGIM estimate (a 1-bit raises the
-    estimate by at most one, a 0-bit never raises it), so the estimate is only computed when
-    it could reach the threshold.
+    evidence). State per entity: its DGIM buckets as a row of a
+    :class:`sketches.dgim_table.DGIMTable` (bit masks per bucket size, vectorised across
+    entities; the same buckets and estimates as one :class:`sketches.DGIM` per entity), its
+    previous timestamp and its last alert time. Windows longer than 64 events fall back to one
+    :class:`sketches.DGIM` object per entity.
     """
 
     def __init__(
@@ -587,12 +598,22 @@ class _DGIMDetector(Detector):
         self.error_bound = DGIM(self.last_n, self.r).error_bound  # also validates window and r
         self._clock = -math.inf
         self._swept = -math.inf  # shard clock at the last eviction sweep
-        self._states: dict[int, list[Any]] = {}
+        self._states: dict[int, list[Any]] = {}  # the per-object path (last_n > 64)
+        self._table: EntityTable | None = None  # the vectorised path (last_n <= 64)
+        if self.last_n <= DGIM_TABLE_MAX_WINDOW:
+            levels = DGIMTable.levels_for(self.last_n)
+            mask_dtype = _mask_dtype(self.last_n)
+            columns: dict[str, tuple[Any, Any]] = {
+                "prev_ts": (np.float64, -math.inf),
+                "last_alert": (np.float64, -math.inf),
+            }
+            columns.update({f"m{j}": (mask_dtype, 0) for j in range(levels)})
+            self._table = EntityTable(columns, self.idle_ttl)
 
     @property
     def n_entities(self) -> int:
         """Entities currently held in state."""
-        return len(self._states)
+        return len(self._table) if self._table is not None else len(self._states)
 
     def _bits(self, batch: EventBatch, g: _Groups, sts: FloatArray, prev: FloatArray) -> BoolArray:
         """The bit of each event in sorted order; ``prev`` is the entity's previous event time
@@ -603,9 +624,71 @@ class _DGIMDetector(Detector):
         raise NotImplementedError
 
     def process(self, batch: EventBatch) -> list[Output]:
-        n = len(batch)
-        if n == 0:
+        if len(batch) == 0:
             return []
+        if self._table is not None:
+            return self._process_table(batch, self._table)
+        return self._process_objects(batch)
+
+    def _process_table(self, batch: EventBatch, table: EntityTable) -> list[Output]:
+        """Vectorised across entities: one :class:`DGIMTable` row per entity (the same buckets
+        as one ``DGIM`` per entity), the cooldown chain in Python over the candidate events only."""
+        ts = _timestamps(batch)
+        g = _Groups(_entity_keys(batch[self.entity_column]))
+        sts = ts[g.order]
+        clock = _shard_clock(ts, self._clock)[g.order]
+        self._clock = float(clock.max())
+        rows = table.rows(g.unique_keys, sts[g.ends - 1])
+        prev = _previous(sts, g, table["prev_ts"][rows])
+        reset = prev < clock - self.idle_ttl
+        bits = self._bits(batch, g, sts, np.where(reset, -np.inf, prev))
+        levels = DGIMTable.levels_for(self.last_n)
+        masks = np.empty((len(rows), levels), dtype=np.uint64)
+        for j in range(levels):
+            masks[:, j] = table[f"m{j}"][rows]
+        dgims = DGIMTable(self.last_n, self.r, masks=masks)
+        est, lo, hi = dgims.add(g.gid, bits, reset)
+        for j in range(levels):
+            table[f"m{j}"][rows] = dgims.masks[:, j]
+        table["prev_ts"][rows] = sts[g.ends - 1]
+
+        # Cooldown, in input order per entity, over the 1-bit events whose estimate is high enough;
+        # a reset (at or before an event) forgets the entity's last alert.
+        last_alert = table["last_alert"][rows]  # a copy (fancy indexing)
+        idx = np.arange(len(sts))
+        last_reset = np.maximum.accumulate(np.where(reset, idx, -1))
+        alert_at = g.starts - 1  # per entity: sorted index of its last alert (start - 1: earlier)
+        thr, cooldown = self.threshold, self.cooldown
+        hits: list[int] = []
+        cand = np.flatnonzero(bits & (est >= thr))
+        if len(cand):
+            gid_l, ts_l, lr_l = g.gid[cand].tolist(), sts[cand].tolist(), last_reset[cand].tolist()
+            la_d: dict[int, float] = {}
+            at_d: dict[int, int] = {}
+            for i, k, t, lr in zip(cand.tolist(), gid_l, ts_l, lr_l, strict=True):
+                la = la_d[k] if k in la_d else float(last_alert[k])
+                if lr > (at_d[k] if k in at_d else int(alert_at[k])):
+                    la = -math.inf
+                if t - la >= cooldown:
+                    la, at_d[k] = t, i
+                    hits.append(i)
+                la_d[k] = la
+            if at_d:
+                alerted = np.fromiter(at_d.keys(), dtype=np.intp, count=len(at_d))
+                alert_at[alerted] = np.fromiter(at_d.values(), dtype=np.intp, count=len(at_d))
+                last_alert[alerted] = [la_d[k] for k in at_d]
+        last_alert[last_reset[g.ends - 1] > alert_at] = -np.inf
+        table["last_alert"][rows] = last_alert
+        if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
+            self._swept = self._clock
+            table.evict(self._clock)
+        if not hits:
+            return []
+        return self._alerts(batch, g, sts, prev, [(i, int(est[i]), (int(lo[i]), int(hi[i]))) for i in hits])
+
+    def _process_objects(self, batch: EventBatch) -> list[Output]:
+        """One :class:`sketches.DGIM` object per entity, one Python step per event (windows
+        longer than a :class:`DGIMTable` supports)."""
         ts = _timestamps(batch)
         g = _Groups(_entity_keys(batch[self.entity_column]))
         sts = ts[g.order]
@@ -645,17 +728,30 @@ class _DGIMDetector(Detector):
         self._evict()
         if not hits:
             return []
-        hits.sort(key=lambda h: int(g.order[h[0]]))
+        return self._alerts(batch, g, sts, prev, hits)
+
+    def _alerts(
+        self,
+        batch: EventBatch,
+        g: _Groups,
+        sts: FloatArray,
+        prev: FloatArray,
+        hits: list[tuple[int, int, tuple[int, int]]],
+    ) -> list[Output]:
+        """Alerts for ``hits`` (sorted index, estimate, exact bounds), in input order."""
+        hits = sorted(hits, key=lambda h: int(g.order[h[0]]))
+        last_n, r, thr, cooldown = self.last_n, self.r, self.threshold, self.cooldown
         out: list[Output] = []
         entity_col = batch[self.entity_column]
         for i, est, (lo, hi) in hits:
             b = int(g.order[i])
+            t = float(sts[i])
             out.append(
                 Alert(
                     flow=self.flow,
                     detector=self.name,
                     entity=str(entity_col[b]),
-                    event_ts=ts_l[i],
+                    event_ts=t,
                     score=float(est),
                     threshold=float(thr),
                     trigger=str(int(batch.positions[b])),
@@ -667,7 +763,7 @@ class _DGIMDetector(Detector):
                         "r": r,
                         "threshold": thr,
                         "cooldown": cooldown,
-                        **self._evidence(batch, b, ts_l[i], float(prev[i])),
+                        **self._evidence(batch, b, t, float(prev[i])),
                     },
                 )
             )
@@ -683,6 +779,8 @@ class _DGIMDetector(Detector):
             del self._states[k]
 
     def __getstate__(self) -> dict[str, Any]:
+        if self._table is not None:  # the table pickles its live rows only
+            return dict(self.__dict__)
         # Compact: one array per scalar field and the DGIMs' versioned bytes in one blob.
         state = {k: v for k, v in self.__dict__.items() if k != "_states"}
         sts = list(self._states.values())
@@ -696,7 +794,11 @@ class _DGIMDetector(Detector):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.get("_table") is not None:
+            self.__dict__.update(state)
+            return
         state = dict(state)
+        state.setdefault("_table", None)
         keys, prev_ts = state.pop("_keys").tolist(), state.pop("_prev_ts").tolist()
         last_alert, upper = state.pop("_last_alert").tolist(), state.pop("_upper").tolist()
         lengths, blob = state.pop("_lengths").tolist(), state.pop("_blob")

@@ -585,3 +585,58 @@ def test_outlier_false_alarms_rare_and_injected_outliers_caught() -> None:
     recall = float((hit & injected).sum()) / float(injected.sum())
     assert false_rate < 1e-4
     assert recall >= 0.95
+
+
+# -- DGIM detectors: the vectorised DGIMTable path against one DGIM object per entity ------------
+
+
+def _object_path(factory: Factory) -> Detector:
+    det: Any = factory()
+    det._table = None  # force the per-entity DGIM objects (the path of last_n > 64)
+    out: Detector = det
+    return out
+
+
+def full_signature(alerts: Sequence[Alert]) -> list[tuple[Any, ...]]:
+    return [(a.entity, a.trigger, a.event_ts, a.score, sorted(a.evidence.items())) for a in alerts]
+
+
+@pytest.mark.parametrize(
+    ("factory", "stream"),
+    [
+        (lambda: VelocityDetector(min_rapid=4, cooldown=20.0, idle_ttl=90.0), fraud_stream),
+        (lambda: VelocityDetector(last_n=7, r=2, min_rapid=3, cooldown=5.0, idle_ttl=30.0), fraud_stream),
+        (lambda: VelocityDetector(last_n=64, r=3, min_rapid=12, cooldown=0.0, idle_ttl=200.0), fraud_stream),
+        (lambda: BreachDetector(last_n=10, r=2, min_breaches=3, cooldown=30.0, idle_ttl=60.0), iot_stream),
+        (lambda: BreachDetector(last_n=33, r=2, min_breaches=2, cooldown=0.0, idle_ttl=20.0), iot_stream),
+    ],
+)
+def test_table_path_equals_object_path(factory: Factory, stream: Callable[[int, int], EventBatch]) -> None:
+    batch = stream(4000, 13)
+    rng = np.random.default_rng(3)
+    expected = full_signature(run(_object_path(factory), batch))
+    assert len(expected) >= 5
+    for _ in range(3):
+        assert full_signature(run(factory(), batch, random_cuts(len(batch), rng))) == expected
+
+
+def test_long_window_uses_dgim_objects_and_matches_reference() -> None:
+    fraud = fraud_stream(FRAUD_N, 5)
+    det = VelocityDetector(last_n=80, min_rapid=4, cooldown=20.0, idle_ttl=90.0)
+    assert det._table is None
+
+    def rapid(i: int, t: float, prev_ts: float) -> bool:
+        return abs(t - prev_ts) <= 10.0
+
+    got = triggers(run(det, fraud, [100, 1500]))
+    assert got == ref_dgim(fraud, "card_id", rapid, 80, 8, 4, 20.0, 90.0) and len(got) >= 10
+    restored = pickle.loads(pickle.dumps(det))
+    assert restored.n_entities == det.n_entities and restored._table is None
+
+
+def test_dgim_table_snapshot_bytes_per_entity() -> None:
+    det = VelocityDetector(idle_ttl=1e9)
+    run(det, fraud_stream(20_000, 4, cards=5000))
+    assert det.n_entities > 4000
+    # key, last seen, previous ts, last alert (8 B each) + 4 masks of 10 bits (2 B each)
+    assert len(pickle.dumps(det, protocol=pickle.HIGHEST_PROTOCOL)) < 42 * det.n_entities
