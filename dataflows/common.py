@@ -157,7 +157,10 @@ class _PrintPartition(StatelessSinkPartition[str]):
 
     def write_batch(self, items: list[str]) -> None:
         for text in items:
-            print(text, file=self.out, flush=True)
+            try:
+                print(text, file=self.out, flush=True)
+            except BrokenPipeError:  # stdout closed by a reader (`| head`): the report is optional
+                return
 
 
 class _PrintSink(DynamicSink[str]):
