@@ -199,16 +199,42 @@ def parse_lines(
     schema = _schema(flow)
     if fmt == "jsonl":
         with _gc_paused():
-            keep, recs, dead = _decode_jsonl(flow, lines, first_position, source)
-            return _finish(schema, recs, keep, first_position, source, lines, dead, text=False)
+            return _parse_jsonl(schema, lines, first_position, source)
     if fmt == "csv":
         if dialect is None:
             raise ValueError("parse_lines: fmt='csv' needs a CsvDialect (the file's header row)")
         dialect.check(schema)
         with _gc_paused():
             keep, rows, dead = _decode_csv(flow, lines, first_position, source, dialect)
-            return _finish_csv(schema, dialect, rows, keep, first_position, source, lines, dead)
+            out = _finish_csv(schema, dialect, rows, keep, first_position, source, lines, dead)
+            del rows
+        return out
     raise ValueError(f"parse_lines: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+_JSONL_PIECE: Final = 2048
+"""Lines decoded and validated together: the decoded dicts of a piece stay in the CPU caches
+while their columns are built (pieces of 2048 lines parse ~15 % faster than one of 10 000)."""
+
+
+def _parse_jsonl(
+    schema: Schema, lines: Sequence[bytes], first: int, source: str
+) -> tuple[EventBatch | None, list[DeadLetter]]:
+    """JSON Lines to events, :data:`_JSONL_PIECE` lines at a time (same result as all at once)."""
+    n = len(lines)
+    if n <= _JSONL_PIECE:
+        keep, recs, dead = _decode_jsonl(schema.flow, lines, first, source)
+        return _finish(schema, recs, keep, first, source, lines, dead, text=False, exact=True)
+    if not isinstance(lines, list | tuple):
+        lines = list(lines)
+    batches: list[EventBatch] = []
+    dead = []
+    for start in range(0, n, _JSONL_PIECE):
+        b, d = _parse_jsonl(schema, lines[start : start + _JSONL_PIECE], first + start, source)
+        if b is not None:
+            batches.append(b)
+        dead.extend(d)  # each piece's dead letters are in order, and pieces are
+    return (EventBatch.concat(batches) if batches else None), dead
 
 
 @contextmanager
@@ -336,10 +362,48 @@ def _decode_text(
 
 def _decode_jsonl(
     flow: str, lines: Sequence[bytes], first: int, source: str
-) -> tuple[list[int], list[dict[str, Any]], list[DeadLetter]]:
+) -> tuple[Sequence[int], list[dict[str, Any]], list[DeadLetter]]:
     """Decode JSON Lines: orjson for lines that are plain JSON objects (~3x faster than the
     standard library), the standard-library path for everything else (it accepts a superset of
-    JSON and words the dead-letter reasons), so the outcome equals the reference path's."""
+    JSON and words the dead-letter reasons), so the outcome equals :func:`_decode_jsonl_lines`'.
+
+    The lines are decoded by one ``list.extend(map(orjson.loads, ...))`` (no Python-level loop
+    per line). When a line fails, CPython's ``list.extend`` keeps the objects decoded before it,
+    so the failing line is ``lines[len(objs)]`` and decoding resumes after it; the failure is
+    re-checked, and if it does not reproduce the whole batch takes the per-line path. Returns
+    ``range(len(lines))`` as the kept indices when every line is a JSON object.
+    """
+    n = len(lines)
+    if not n:
+        return [], [], []
+    if max(map(len, lines)) > MAX_RECORD_BYTES:
+        return _decode_jsonl_lines(flow, lines, first, source)
+    loads, error = orjson.loads, orjson.JSONDecodeError
+    objs: list[Any] = []
+    rest = iter(lines)
+    while True:
+        try:
+            objs.extend(map(loads, rest))
+            break
+        except error:
+            k = len(objs)
+            try:
+                loads(lines[k])
+            except error:
+                objs.append(None)  # not a dict: decoded again below by the reference path
+            else:  # pragma: no cover - list.extend dropped its partial result (not CPython)
+                return _decode_jsonl_lines(flow, lines, first, source)
+    if set(map(type, objs)) == _DICT_TYPES:
+        return range(n), objs, []
+    keep = [i for i, obj in enumerate(objs) if type(obj) is dict]
+    slow = [i for i, obj in enumerate(objs) if type(obj) is not dict]
+    return _merge_slow(flow, lines, first, source, keep, [objs[i] for i in keep], slow)
+
+
+def _decode_jsonl_lines(
+    flow: str, lines: Sequence[bytes], first: int, source: str
+) -> tuple[list[int], list[dict[str, Any]], list[DeadLetter]]:
+    """The per-line loop of :func:`_decode_jsonl` (also its reference in the tests)."""
     keep: list[int] = []
     recs: list[dict[str, Any]] = []
     slow: list[int] = []
@@ -358,6 +422,19 @@ def _decode_jsonl(
         slow.append(i)
     if not slow:
         return keep, recs, []
+    return _merge_slow(flow, lines, first, source, keep, recs, slow)
+
+
+def _merge_slow(
+    flow: str,
+    lines: Sequence[bytes],
+    first: int,
+    source: str,
+    keep: list[int],
+    recs: list[dict[str, Any]],
+    slow: list[int],
+) -> tuple[list[int], list[dict[str, Any]], list[DeadLetter]]:
+    """Decode the ``slow`` lines with the reference path and merge them with the fast ones."""
     sub_keep, sub_recs, dead = _decode_jsonl_reference(flow, [lines[i] for i in slow], 0, source)
     dead = [replace(d, position=first + slow[d.position]) for d in dead]
     merged = sorted(
@@ -460,15 +537,21 @@ def _tname(value: Any) -> str:
 def _finish(
     schema: Schema,
     recs: Sequence[Mapping[str, Any]],
-    keep: list[int],
+    keep: Sequence[int],
     first: int | NDArray[np.int64],
     source: str,
     raws: Sequence[bytes],
     dead: list[DeadLetter],
     *,
     text: bool,
+    exact: bool = False,
 ) -> tuple[EventBatch | None, list[DeadLetter]]:
-    """Validate records column by column; build the batch of the good ones."""
+    """Validate records column by column; build the batch of the good ones.
+
+    ``exact``: the values come from a JSON decoder, so they are of the exact built-in JSON types
+    (``dict``, ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``; no subclasses), which
+    lets a ``str`` column skip its type census (see :func:`_column`).
+    """
     names = schema.names
     if not recs:
         return None, dead
@@ -479,7 +562,7 @@ def _finish(
         except KeyError:
             cols.append([r.get(n, _MISSING) for r in recs])
     return _assemble(
-        schema, list(zip(schema.fields, cols, strict=True)), keep, first, source, raws, dead, text
+        schema, list(zip(schema.fields, cols, strict=True)), keep, first, source, raws, dead, text, exact
     )
 
 
@@ -507,23 +590,27 @@ def _finish_csv(
 def _assemble(
     schema: Schema,
     cols: list[tuple[Field, Sequence[Any]]],
-    keep: list[int],
+    keep: Sequence[int],
     first: int | NDArray[np.int64],
     source: str,
     raws: Sequence[bytes],
     dead: list[DeadLetter],
     text: bool,
+    exact: bool = False,
 ) -> tuple[EventBatch | None, list[DeadLetter]]:
     errors: dict[int, str] = {}
     arrays: dict[str, NDArray[Any]] = {}
     for f, values in cols:
-        arr, errs = _column(f, values, text)
+        arr, errs = _column(f, values, text, exact)
         arrays[f.name] = arr
         for row, reason in errs.items():
             if row not in errors:
                 errors[row] = f"field {f.name!r}: {reason}"
-    keep_arr = np.asarray(keep, dtype=np.int64)
-    positions = first[keep_arr] if isinstance(first, np.ndarray) else keep_arr + first
+    if isinstance(keep, range) and not isinstance(first, np.ndarray):
+        positions = np.arange(first + keep.start, first + keep.stop, keep.step, dtype=np.int64)
+    else:
+        keep_arr = np.asarray(keep, dtype=np.int64)
+        positions = first[keep_arr] if isinstance(first, np.ndarray) else keep_arr + first
     if errors:
         for row, reason in errors.items():
             i = keep[row]
@@ -538,32 +625,47 @@ def _assemble(
     return EventBatch(schema.flow, positions, arrays), dead
 
 
+_DICT_TYPES: Final = frozenset({dict})
 _NUMBER_TYPES: Final = frozenset({int, float})
 _INT_TYPES: Final = frozenset({int})
 _STR_TYPES: Final = frozenset({str})
 
 
-def _column(f: Field, values: Sequence[Any], text: bool) -> tuple[NDArray[Any], dict[int, str]]:
-    """Convert one column; returns the array (bad rows hold a placeholder) and row -> reason."""
+def _column(
+    f: Field, values: Sequence[Any], text: bool, exact: bool = False
+) -> tuple[NDArray[Any], dict[int, str]]:
+    """Convert one column; returns the array (bad rows hold a placeholder) and row -> reason.
+
+    Fast path per column: a type census (``set(map(type, ...))``), one C-level conversion and a
+    vectorised range check. A ``str`` column is checked by joining it (``"".join`` raises on the
+    first value that is not a ``str``; the joined text is searched for NUL and lone surrogates
+    once); with ``exact`` (values from a JSON decoder, no ``str`` subclasses) that is the census.
+    Columns holding anything unusual take the per-value path, :func:`_column_slow`.
+    """
     kind = f.kind
-    types = set(map(type, values))
+    n = len(values)
     if kind == "str":
-        if types <= _STR_TYPES and _storable("".join(values)):
-            arr = np.empty(len(values), dtype=object)
-            arr[:] = values
-            return arr, {}
+        try:
+            joined = "".join(values)
+        except TypeError:
+            pass
+        else:
+            if (exact or set(map(type, values)) <= _STR_TYPES) and _storable(joined):
+                return np.fromiter(values, dtype=object, count=n), {}
     elif kind == "int":
+        types = set(map(type, values))
         if (types <= _INT_TYPES and not text) or (text and types <= _STR_TYPES):
             try:
-                iarr = np.array(values if not text else list(map(int, values)), dtype=np.int64)
+                iarr = np.fromiter(values if not text else map(int, values), dtype=np.int64, count=n)
             except (OverflowError, ValueError):
                 pass
             else:
                 return iarr, _range_errors(f, iarr, values, text)
     else:  # float, ts
+        types = set(map(type, values))
         if (types <= _NUMBER_TYPES and not text) or (text and types <= _STR_TYPES):
             try:
-                farr = np.array(values if not text else list(map(float, values)), dtype=np.float64)
+                farr = np.fromiter(values if not text else map(float, values), dtype=np.float64, count=n)
             except (OverflowError, ValueError):
                 pass
             else:
@@ -574,10 +676,10 @@ def _column(f: Field, values: Sequence[Any], text: bool) -> tuple[NDArray[Any], 
 def _range_errors(f: Field, arr: NDArray[Any], values: Sequence[Any], text: bool) -> dict[int, str]:
     """Rows of a converted numeric column outside the field's range (or not finite)."""
     low, high = _bounds(f)
+    if arr.min() >= low and arr.max() <= high:  # False if the column holds a NaN
+        return {}
     with np.errstate(invalid="ignore"):
         ok = (arr >= low) & (arr <= high)  # False for NaN
-    if ok.all():
-        return {}
     check = _CHECKERS[f.kind]
     errs = {}
     for row in np.flatnonzero(~ok).tolist():

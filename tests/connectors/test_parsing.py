@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.events import RAW_LIMIT, SCHEMAS, DeadLetter, EventBatch
+from connectors import parsing
+from connectors.events import RAW_LIMIT, SCHEMAS, DeadLetter, EventBatch, Field
 from connectors.parsing import MAX_RECORD_BYTES, TS_HIGH, CsvDialect, parse_lines, parse_records
 
 FRAUD = {
@@ -511,3 +515,206 @@ def test_fuzz_every_line_is_one_event_or_one_dead_letter(
         for name, col in batch.columns.items():
             assert again[name].dtype == col.dtype
             assert again[name].tolist() == col.tolist(), name
+
+
+# --------------------------------------------------------------------------------------------
+# Differential: the fast paths (batch decoding, pieces, per-column census and vectorised checks)
+# against the reference path (per-line decoding, one piece, per-value validation of every
+# column). Both must give the same batch (columns, dtypes, bits) and the same dead letters.
+
+
+@contextmanager
+def reference_path() -> Iterator[None]:
+    """Route parsing through the per-line decoder and the per-value column path."""
+
+    def slow_column(f: Field, values: Any, text: bool, exact: bool = False) -> Any:
+        return parsing._column_slow(f, values, text)
+
+    with (
+        patch.object(parsing, "_decode_jsonl", parsing._decode_jsonl_lines),
+        patch.object(parsing, "_column", slow_column),
+        patch.object(parsing, "_JSONL_PIECE", 10**9),
+    ):
+        yield
+
+
+def assert_same(
+    got: tuple[EventBatch | None, list[DeadLetter]], want: tuple[EventBatch | None, list[DeadLetter]]
+) -> None:
+    (batch, dead), (ref, ref_dead) = got, want
+    assert [(d.position, d.reason, d.raw, d.flow, d.source) for d in dead] == [
+        (d.position, d.reason, d.raw, d.flow, d.source) for d in ref_dead
+    ]
+    assert dead == ref_dead
+    assert (batch is None) == (ref is None)
+    if batch is None or ref is None:
+        return
+    assert batch.flow == ref.flow
+    assert batch.positions.dtype == ref.positions.dtype == np.int64
+    assert batch.positions.tolist() == ref.positions.tolist()
+    assert list(batch.columns) == list(ref.columns)
+    for name, col in batch.columns.items():
+        want_col = ref.columns[name]
+        assert col.dtype == want_col.dtype, name
+        assert col.shape == want_col.shape, name
+        if col.dtype == object:
+            assert [type(v) for v in col.tolist()] == [str] * len(col), name
+            assert col.tolist() == want_col.tolist(), name
+        else:  # bit for bit: -0.0 and 0.0 differ
+            assert col.tobytes() == want_col.tobytes(), name
+
+
+def _edge_numbers(f: Field) -> list[Any]:
+    low, high = parsing._bounds(f)
+    edges: list[Any] = [0, -0.0, 1, -1, 0.5, 1e308, -1e308, 2**53 + 1, 2**63 - 1, 2**63, -(2**63) - 1]
+    edges += [2**64, 2**64 + 1, 10**20 + 1, 10**400, -(10**400), True, False]
+    for b in (low, high):
+        if math.isfinite(b):
+            edges += [b, math.nextafter(b, math.inf), math.nextafter(b, -math.inf)]
+            if float(b).is_integer():
+                edges += [int(b), int(b) - 1, int(b) + 1, float(int(b))]
+    return edges
+
+
+_ODD_STRINGS = ["", " ", "a\x00b", "\ud800", "x\udfff", "Café ☕", "😀", "12", "1e5", "nan", "inf", "-1"]
+_ODD_TS = [
+    "2026-11-22T06:40:05Z",
+    "2026-11-22t06:40:05z",
+    "2026-11-22T07:40:05+01:00",
+    "2026-11-22 06:40:05.5+00:00",
+    "2026-11-22T06:40:05",
+    "1969-12-31T23:59:59Z",
+    "2200-01-01T00:00:00Z",
+    "2200-01-01T00:00:00.000001Z",
+    "1970-01-01T00:00:00+00:00",
+    " 1795329605 ",
+    "1795329605.25",
+    "-1",
+    "7258118400",
+    "nan",
+    "Infinity",
+    "yesterday",
+    "",
+]
+
+
+def _odd_value(f: Field) -> st.SearchStrategy[Any]:
+    """Values of any kind, biased to the edges of what field ``f`` accepts."""
+    numbers = st.one_of(
+        st.sampled_from(_edge_numbers(f)),
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+    )
+    other = st.sampled_from([None, [], {}, [1], {"a": 1}, *_ODD_STRINGS, *_ODD_TS])
+    anything = st.one_of(numbers, other, _text, _iso, st.integers(-(10**25), 10**25).map(str))
+    if f.kind == "str":  # mostly strings, so that whole columns of strings hold odd ones
+        return st.one_of(st.sampled_from(_ODD_STRINGS), _text, st.integers(), anything)
+    if f.kind == "ts":
+        return st.one_of(st.sampled_from(_ODD_TS), _iso, numbers, anything)
+    return st.one_of(numbers, anything)
+
+
+@st.composite
+def _differential_case(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    """A flow and lines: most fields valid, a few fields (or none) with odd values, odd lines."""
+    flow = draw(st.sampled_from(sorted(SCHEMAS)))
+    fields = SCHEMAS[flow].fields
+    odd = draw(st.sets(st.sampled_from([f.name for f in fields]), max_size=2))
+    odd_rate = draw(st.sampled_from([0.0, 0.02, 0.3, 1.0]))
+    garbage_rate = draw(st.sampled_from([0.0, 0.05, 0.5]))
+    value = {f.name: _value(f.kind, f.low, f.high) for f in fields}
+    odd_value = {f.name: _odd_value(f) for f in fields}
+    n = draw(st.integers(0, 40))
+    lines = []
+    for _ in range(n):
+        if draw(st.floats(0, 1)) < garbage_rate:
+            lines.append(draw(st.one_of(_garbage(flow), _wrong_type(flow), st.binary(max_size=30))))
+            continue
+        rec: dict[str, Any] = {}
+        for f in fields:
+            if f.name in odd and draw(st.floats(0, 1)) < odd_rate:
+                choice = draw(st.integers(0, 9))
+                if choice == 0:
+                    continue  # missing
+                rec[f.name] = draw(odd_value[f.name])
+            elif f.required or draw(st.booleans()):
+                rec[f.name] = draw(value[f.name])
+        if draw(st.integers(0, 9)) == 0:
+            rec["extra"] = draw(st.one_of(_text, st.integers(), st.lists(st.integers(), max_size=3)))
+        if draw(st.booleans()):
+            rec = dict(reversed(list(rec.items())))
+        raw = json.dumps(rec, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+        lines.append(
+            draw(st.sampled_from([b"", b" ", b"\t"])) + raw + draw(st.sampled_from([b"", b"\r", b" "]))
+        )
+    return flow, lines
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_differential_case(), st.integers(0, 10**12), st.integers(1, 7))
+def test_differential_fast_path_equals_reference_path(
+    case: tuple[str, list[bytes]], first: int, piece: int
+) -> None:
+    flow, lines = case
+    with patch.object(parsing, "_JSONL_PIECE", piece):
+        got = parse_lines(flow, lines, first, "diff")
+    whole = parse_lines(flow, lines, first, "diff")
+    with reference_path():
+        want = parse_lines(flow, lines, first, "diff")
+    check_invariant(lines, first, *want)
+    assert_same(got, want)
+    assert_same(whole, want)
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_differential_case(), st.data())
+def test_differential_parse_records(case: tuple[str, list[bytes]], data: st.DataObject) -> None:
+    """Decoded records (not only exact JSON types: subclasses, numpy scalars) on both paths."""
+    flow, lines = case
+    records: list[Any] = []
+    for raw in lines:
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            rec = raw
+        if isinstance(rec, dict) and rec and data.draw(st.integers(0, 4)) == 0:
+            key = data.draw(st.sampled_from(sorted(rec)))
+            v = rec[key]
+            if type(v) is str:
+                rec[key] = _Str(v)
+            elif type(v) is int and -(2**63) <= v < 2**63:
+                rec[key] = data.draw(st.sampled_from([_Int(v), np.int64(v)]))
+            elif type(v) is float:
+                rec[key] = np.float64(v)
+        records.append(rec)
+    positions = list(range(3, 3 + 2 * len(records), 2))
+    got = parse_records(flow, records, positions, "kafka:t/0", lines)
+    with reference_path():
+        want = parse_records(flow, records, positions, "kafka:t/0", lines)
+    assert_same(got, want)
+
+
+def test_differential_large_clean_and_dirty_batches() -> None:
+    """Generated events (several pieces), clean and with a few bad lines spread over them."""
+    from connectors.generators import generator
+
+    for flow in sorted(SCHEMAS):
+        batches = list(generator(flow)(5_000, 3, 0, 5_000))
+        lines = EventBatch.concat(batches).to_jsonl().encode().splitlines()
+        dirty = list(lines)
+        for k in range(7, len(dirty), 611):
+            dirty[k] = [b"{bad", b"[]", line(amount=None), b'{"ts": NaN}', b"", b"\xff"][k % 6]
+        for case in (lines, dirty):
+            got = parse_lines(flow, case, 42, "gen")
+            with reference_path():
+                want = parse_lines(flow, case, 42, "gen")
+            assert_same(got, want)
+            assert got[0] is not None and len(got[0]) + len(got[1]) == len(case)
