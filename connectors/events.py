@@ -19,6 +19,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from sketches.hashing import hash64_many
+
 __all__ = ["RAW_LIMIT", "SCHEMAS", "Anomaly", "DeadLetter", "EventBatch", "Field", "Sample", "Schema"]
 
 RAW_LIMIT: Final = 4096
@@ -102,17 +104,50 @@ class EventBatch:
 
     String columns are numpy ``object`` arrays of ``str``; ``ts`` is float64 epoch seconds;
     ``positions`` (int64) says where each event sat in its input.
+
+    ``hashes`` memoises :meth:`key_hashes`: ``(column, seed) -> hash64_many(column, seed)``,
+    read-only arrays. One batch object is shared by every step of a worker, so the routing of
+    several steps keyed by one column, and the detectors keyed by it, hash it once. A batch
+    and its columns are never modified after it is built (the memo relies on it).
     """
 
     flow: str
     positions: NDArray[np.int64]
     columns: dict[str, NDArray[Any]] = field(default_factory=dict)
+    hashes: dict[tuple[str, int], NDArray[np.uint64]] = field(default_factory=dict, repr=False, compare=False)
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    """Other per-batch results that are a pure function of the batch (the runtime's shard split)."""
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def __getitem__(self, name: str) -> NDArray[Any]:
         return self.columns[name]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The memo holds derived objects only (recomputed on demand); the hashes travel along.
+        state = dict(self.__dict__)
+        state["memo"] = {}
+        return state
+
+    def key_hashes(self, column: str, seed: int) -> NDArray[np.uint64]:
+        """``hash64_many(self[column], seed)``, computed once per batch, column and seed.
+
+        The array is read-only and shared by every caller; copy it before changing it.
+
+        >>> b = EventBatch("demo", np.arange(2), {"k": np.array(["a", "b"], dtype=object)})
+        >>> b.key_hashes("k", 3) is b.key_hashes("k", 3)
+        True
+        >>> b.key_hashes("k", 3).tolist() == hash64_many(["a", "b"], 3).tolist()
+        True
+        """
+        key = (column, int(seed))
+        cached = self.hashes.get(key)
+        if cached is None:
+            cached = hash64_many(self.columns[column], key[1])
+            cached.flags.writeable = False
+            self.hashes[key] = cached
+        return cached
 
     @classmethod
     def from_records(
@@ -133,16 +168,27 @@ class EventBatch:
 
     @classmethod
     def concat(cls, batches: Sequence[EventBatch]) -> EventBatch:
-        """One batch holding ``batches`` in order (they must be of one flow)."""
+        """One batch holding ``batches`` in order (they must be of one flow).
+
+        Key hashes memoised by every part are carried over (concatenated)."""
         if len(batches) == 1:
             return batches[0]
         first = batches[0]
         columns = {name: np.concatenate([b.columns[name] for b in batches]) for name in first.columns}
-        return cls(first.flow, np.concatenate([b.positions for b in batches]), columns)
+        out = cls(first.flow, np.concatenate([b.positions for b in batches]), columns)
+        for key in first.hashes:
+            if all(key in b.hashes for b in batches[1:]):
+                out.hashes[key] = _read_only(np.concatenate([b.hashes[key] for b in batches]))
+        return out
 
     def take(self, index: NDArray[Any]) -> EventBatch:
-        """The events selected by an integer index array or a boolean mask, in that order."""
-        return EventBatch(self.flow, self.positions[index], {k: v[index] for k, v in self.columns.items()})
+        """The events selected by an integer index array or a boolean mask, in that order.
+
+        Memoised key hashes are carried over (selected alike)."""
+        out = EventBatch(self.flow, self.positions[index], {k: v[index] for k, v in self.columns.items()})
+        for key, h in self.hashes.items():
+            out.hashes[key] = _read_only(h[index])
+        return out
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The events as plain dicts (for JSON Lines, samples and tests)."""
@@ -154,6 +200,11 @@ class EventBatch:
     def to_jsonl(self) -> str:
         """The events as JSON Lines (``ts`` as epoch seconds), one line per event."""
         return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.records())
+
+
+def _read_only(array: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    array.flags.writeable = False
+    return array
 
 
 @dataclass(frozen=True)

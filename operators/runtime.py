@@ -31,7 +31,6 @@ from bytewax.operators import StatefulBatchLogic
 
 from connectors.events import EventBatch, Sample
 from operators.alerts import Alert
-from sketches.hashing import hash64_many
 
 __all__ = ["GLOBAL_KEY", "Detector", "DetectorSpec", "Output", "detector_step", "split_by_shard"]
 
@@ -70,17 +69,54 @@ class DetectorSpec:
 def split_by_shard(
     batch: EventBatch, key: str | None, shards: int, seed: int
 ) -> list[tuple[str, EventBatch]]:
-    """Cut a batch into per-shard sub-batches (input order kept within each)."""
+    """Cut a batch into per-shard sub-batches (input order kept within each).
+
+    The key column is hashed once per batch (:meth:`EventBatch.key_hashes`); every sub-batch
+    carries its events' hashes of that column under ``(key, seed)``, so a detector keyed by the
+    same column with the same seed does not hash it again. The split is memoised on the batch:
+    steps keyed by the same column get the same sub-batch objects (detectors never modify a
+    batch), so only the first of them pays for the routing.
+    """
     if key is None or shards == 1:
         return [(GLOBAL_KEY, batch)] if len(batch) else []
+    memo_key = ("split_by_shard", key, shards, int(seed))
+    cached: list[tuple[str, EventBatch]] | None = batch.memo.get(memo_key)
+    if cached is None:
+        cached = _split(batch, key, shards, int(seed))
+        batch.memo[memo_key] = cached
+    return list(cached)
+
+
+def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[str, EventBatch]]:
+    hashes = batch.key_hashes(key, seed)
     # The high hash bits pick the shard; detectors use the full hash, so both stay independent.
-    shard = ((hash64_many(batch[key], seed) >> np.uint64(40)) % np.uint64(shards)).astype(np.intp)
+    shard = (hashes >> np.uint64(40)) % np.uint64(shards)
+    # A stable sort of small integers (radix sort for 16 bits) keeps input order within shards.
+    shard = shard.astype(np.uint16 if shards <= 1 << 16 else np.intp)
     order = np.argsort(shard, kind="stable")
-    cuts = np.flatnonzero(np.diff(shard[order])) + 1
+    counts = np.bincount(shard, minlength=shards).tolist()
+    # One gather per column, then each sub-batch is a slice (a view) of the gathered arrays.
+    positions = batch.positions[order]
+    columns = {name: col[order] for name, col in batch.columns.items()}
+    sorted_hashes = hashes[order]
+    sorted_hashes.flags.writeable = False
+    for arr in (positions, *columns.values()):
+        arr.flags.writeable = False  # shared by every step keyed by this column
     out = []
-    for idx in np.split(order, cuts):
-        if len(idx):
-            out.append((f"{int(shard[idx[0]]):04d}", batch.take(idx)))
+    start = 0
+    hash_key = (key, seed)
+    for s, count in enumerate(counts):
+        if not count:
+            continue
+        stop = start + count
+        part = EventBatch(
+            batch.flow,
+            positions[start:stop],
+            {name: col[start:stop] for name, col in columns.items()},
+            {hash_key: sorted_hashes[start:stop]},
+        )
+        out.append((f"{s:04d}", part))
+        start = stop
     return out
 
 

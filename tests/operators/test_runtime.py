@@ -1,0 +1,118 @@
+"""Routing (split_by_shard), the per-batch key-hash memo, and the hashed duplicate-filter path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from connectors.events import EventBatch
+from operators.detectors.entity import DuplicateDetector, _check_and_add_hashed, _probes
+from operators.runtime import split_by_shard
+from sketches import AgingBloomFilter
+from sketches.hashing import hash64_many, probe_indices
+
+
+def _batch(n: int, seed: int = 0, distinct: int = 50) -> EventBatch:
+    rng = np.random.default_rng(seed)
+    keys = np.array([f"k{i}" for i in rng.integers(0, distinct, n)], dtype=object)
+    other = np.array([f"o{i}" for i in rng.integers(0, 7, n)], dtype=object)
+    return EventBatch(
+        "demo", np.arange(n, dtype=np.int64) + 100, {"key": keys, "other": other, "x": rng.random(n)}
+    )
+
+
+def _reference_split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[str, EventBatch]]:
+    shard = ((hash64_many(batch[key], seed) >> np.uint64(40)) % np.uint64(shards)).astype(np.intp)
+    order = np.argsort(shard, kind="stable")
+    cuts = np.flatnonzero(np.diff(shard[order])) + 1
+    return [(f"{int(shard[idx[0]]):04d}", batch.take(idx)) for idx in np.split(order, cuts) if len(idx)]
+
+
+@pytest.mark.parametrize(
+    ("n", "shards", "seed"), [(0, 4, 0), (1, 16, 3), (500, 16, 0), (2000, 7, 12345), (300, 300, 1)]
+)
+def test_split_matches_reference_and_carries_hashes(n: int, shards: int, seed: int) -> None:
+    batch = _batch(n, seed)
+    got = split_by_shard(batch, "key", shards, seed)
+    want = _reference_split(_batch(n, seed), "key", shards, seed)
+    assert [k for k, _ in got] == [k for k, _ in want]
+    for (_, g), (_, w) in zip(got, want, strict=True):
+        assert g.positions.tolist() == w.positions.tolist()
+        assert {c: v.tolist() for c, v in g.columns.items()} == {c: v.tolist() for c, v in w.columns.items()}
+        assert set(g.hashes) == {("key", seed)}
+        assert g.key_hashes("key", seed).tolist() == hash64_many(w["key"], seed).tolist()
+
+
+def test_split_is_memoised_per_column_shards_and_seed() -> None:
+    batch = _batch(1000)
+    first = split_by_shard(batch, "key", 16, 0)
+    again = split_by_shard(batch, "key", 16, 0)
+    assert first == again and all(a[1] is b[1] for a, b in zip(first, again, strict=True))
+    again.clear()  # callers own the returned list, not the memo
+    assert split_by_shard(batch, "key", 16, 0) == first
+    assert split_by_shard(batch, "key", 16, 1)[0][1] is not first[0][1]
+    assert split_by_shard(batch, "other", 16, 0)[0][1] is not first[0][1]
+    assert ("key", 0) in batch.hashes and ("key", 1) in batch.hashes
+
+
+def test_shared_arrays_are_read_only() -> None:
+    batch = _batch(100)
+    h = batch.key_hashes("key", 9)
+    assert h is batch.key_hashes("key", 9)
+    assert h.tolist() == hash64_many(batch["key"], 9).tolist()
+    with pytest.raises(ValueError):
+        h[0] = 1
+    _, part = split_by_shard(batch, "key", 4, 0)[0]
+    for arr in (part.positions, part["x"], part.key_hashes("key", 0)):
+        with pytest.raises(ValueError):
+            arr[0] = arr[0]
+    assert batch["x"].flags.writeable  # the input batch's own columns are untouched
+
+
+def test_take_and_concat_carry_hashes() -> None:
+    batch = _batch(200)
+    h = batch.key_hashes("key", 5)
+    mask = batch["x"] > 0.5
+    sub = batch.take(mask)
+    assert sub.hashes[("key", 5)].tolist() == h[mask].tolist()
+    idx = np.array([3, 1, 4, 1, 5])
+    assert batch.take(idx).hashes[("key", 5)].tolist() == h[idx].tolist()
+    both = EventBatch.concat([sub, batch.take(~mask)])
+    assert both.hashes[("key", 5)].tolist() == np.concatenate([h[mask], h[~mask]]).tolist()
+    assert ("key", 5) not in EventBatch.concat([sub, _batch(3)]).hashes  # only when every part has them
+
+
+@pytest.mark.parametrize(("k", "m"), [(1, 64), (20, 377_474), (255, 1 << 32), (3, (1 << 32) + 5)])
+def test_probes_equal_probe_indices(k: int, m: int) -> None:
+    h = np.random.default_rng(k).integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)
+    assert np.array_equal(_probes(h, k, m), probe_indices(h, k, m))
+
+
+@pytest.mark.parametrize(("capacity", "fp_rate"), [(50, 1e-6), (2000, 0.01), (5, 0.3)])
+def test_hashed_check_and_add_equals_filter(capacity: int, fp_rate: float) -> None:
+    rng = np.random.default_rng(capacity)
+    ref = AgingBloomFilter(capacity, fp_rate, ttl=60.0, seed=11)
+    fast = AgingBloomFilter(capacity, fp_rate, ttl=60.0, seed=11)
+    t = 1000.0
+    for _ in range(40):
+        n = int(rng.integers(0, 300))
+        items = [f"i{v}" for v in rng.integers(0, 400, n)]
+        ts = t + np.sort(rng.random(n) * 50.0) - rng.random(n) * 20.0 * (rng.random(n) < 0.1)  # some late
+        t += float(rng.random() * 70.0)
+        want = ref.check_and_add_many(items, ts)
+        got = _check_and_add_hashed(fast, hash64_many(items, 11), ts)
+        assert got.tolist() == want.tolist()
+        assert fast.to_bytes() == ref.to_bytes()
+
+
+def test_duplicate_detector_reuses_routing_hashes_only_for_its_seed() -> None:
+    batch = EventBatch(
+        "fraud",
+        np.arange(6, dtype=np.int64),
+        {"tx_id": np.array(["a", "b", "a", "c", "b", "a"], dtype=object), "ts": np.arange(6.0)},
+    )
+    for routing_seed in (0, 7):
+        det = DuplicateDetector(shards=1, seed=7)
+        parts = split_by_shard(batch, "tx_id", 2, routing_seed)
+        alerts = [a.trigger for _, part in parts for a in det.process(part)]
+        assert sorted(alerts, key=int) == ["2", "4", "5"]
