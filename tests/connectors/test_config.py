@@ -36,7 +36,7 @@ def test_defaults() -> None:
     assert (c.events, c.seed, c.batch, c.shards, c.idle_ttl, c.sample_k) == (
         1_000_000,
         7,
-        10_000,
+        100_000,
         16,
         3600.0,
         20,
