@@ -30,7 +30,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 import dataflows.common
-from connectors.config import Config
+from connectors.config import DEFAULTS, Config
 from connectors.events import EventBatch
 from connectors.files import FileSource
 from connectors.generators import generator
@@ -99,6 +99,10 @@ class MultiFileSource(FixedPartitionedSource[Any, Any]):
         return self.sources[for_part].build_part(step_id, for_part, resume_state)
 
 
+BATCH = int(DEFAULTS["SKETCHWATCH_BATCH"])
+"""Source batch size: the flows' own default, so the benchmark measures what users run."""
+
+
 def _config(db: str, batch: int) -> Config:
     env = {"SKETCHWATCH_SINKS": f"sqlite:///{db}", "SKETCHWATCH_BATCH": str(batch)}
     return Config.from_env("fraud", env)
@@ -113,13 +117,13 @@ def _build(config: Config, source: Any, sinks: list[Any] | None = None) -> Dataf
 
 
 def generated_flow(
-    events: int, db: str, cards: int = 0, merchants: int = 0, preload: bool = True, batch: int = 10_000
+    events: int, db: str, cards: int = 0, merchants: int = 0, preload: bool = True, batch: int = BATCH
 ) -> Dataflow:
     """The fraud flow on generator batches (see :func:`remapped`), alerts into SQLite ``db``."""
     return _build(_config(db, batch), MemorySource(events, cards, merchants, batch, preload))
 
 
-def files_flow(paths: list[str], db: str, batch: int = 10_000) -> Dataflow:
+def files_flow(paths: list[str], db: str, batch: int = BATCH) -> Dataflow:
     """The fraud flow on JSONL ``paths`` (one partition each), alerts into SQLite ``db``."""
     return _build(_config(db, batch), MultiFileSource(paths, batch))
 
