@@ -28,7 +28,7 @@ from sketches.bloom import (
     check_fp_rate,
     optimal_size,
 )
-from sketches.hashing import Item, Items, check_seed
+from sketches.hashing import Item, Items, check_seed, hash64_many, probe_indices
 
 __all__ = ["AgingBloomFilter"]
 
@@ -306,7 +306,23 @@ class AgingBloomFilter(Sketch):
         ValueError
             If a timestamp is NaN or infinite, or ``ts`` has the wrong shape.
         """
-        pos = self._cur._probe(items)
+        return self.check_and_add_hashes(hash64_many(items, self._seed), ts)
+
+    def check_and_add_hashes(self, hashes: NDArray[np.uint64], ts: TimeStamps) -> NDArray[np.bool_]:
+        """``check_and_add_many`` for items already hashed with ``hash64_many(items, self.seed)``.
+
+        For callers that hashed the items anyway (e.g. to route them to a shard): the same
+        answers and the same filter state as ``check_and_add_many(items, ts)``, without hashing
+        twice.
+
+        >>> from sketches.hashing import hash64_many
+        >>> f = AgingBloomFilter(capacity=100, fp_rate=0.01, ttl=60.0)
+        >>> f.check_and_add_hashes(hash64_many(["a", "b", "a"], f.seed), 0.0).tolist()
+        [False, False, True]
+        """
+        if not isinstance(hashes, np.ndarray) or hashes.dtype != np.uint64:
+            raise ValueError("hashes must be a numpy uint64 array from sketches.hashing.hash64_many")
+        pos = probe_indices(hashes.reshape(-1), self._cur.num_hashes, self._cur.num_bits)
         times = self._timestamps(ts, len(pos))
         out = np.zeros(len(pos), dtype=np.bool_)
         for start, stop, gen in self._runs(times):
@@ -316,6 +332,11 @@ class AgingBloomFilter(Sketch):
             out[start:stop] = _check_and_set(self._cur._words, run) | seen_before
         self._advance_clock(times)
         return out
+
+    def estimated_fp_rate(self) -> float:
+        """False-positive rate of a check now, from the fill of both generation filters."""
+        cur, prev = self._cur.estimated_fp_rate(), self._prev.estimated_fp_rate()
+        return float(1.0 - (1.0 - cur) * (1.0 - prev))
 
     # -- queries ----------------------------------------------------------------------------
 

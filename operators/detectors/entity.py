@@ -54,7 +54,7 @@ from operators.runtime import Detector, Output
 from sketches import DGIM, AgingBloomFilter
 from sketches.dgim_table import MAX_WINDOW as DGIM_TABLE_MAX_WINDOW
 from sketches.dgim_table import DGIMTable
-from sketches.hashing import fmix64, hash64_many, probe_indices
+from sketches.hashing import fmix64, hash64_many
 
 __all__ = [
     "BreachDetector",
@@ -166,91 +166,6 @@ def _previous(values: FloatArray, groups: _Groups, stored: FloatArray) -> FloatA
 
 # -- duplicates ------------------------------------------------------------------------------
 
-_LOW32: Final = np.uint64(0xFFFFFFFF)
-_STEPS: Final = np.arange(256, dtype=np.uint64)  # probe numbers (a filter has at most 255 probes)
-_SIX: Final = np.uint64(6)
-_LOW6: Final = np.uint64(63)
-_ONE: Final = np.uint64(1)
-
-
-def _probes(hashes: KeyArray, k: int, m: int) -> KeyArray:
-    """``sketches.hashing.probe_indices(hashes, k, m)`` (the same positions), as one broadcast
-    instead of a loop over the ``k`` probes: probe ``i`` is ``((a + i b) mod 2**32) m >> 32``
-    with ``a`` the low and ``b`` the high 32 bits of the hash (``b`` odd). No overflow:
-    ``a + i b < 2**41`` and ``(.. mod 2**32) * m < 2**64`` for ``m <= 2**32``."""
-    if m > 1 << 32:
-        return probe_indices(hashes, k, m)
-    step = (hashes >> np.uint64(32)) | _ONE
-    pos: KeyArray = np.multiply.outer(step, _STEPS[:k])
-    pos += (hashes & _LOW32)[:, None]
-    pos &= _LOW32
-    pos *= np.uint64(m)
-    pos >>= np.uint64(32)
-    return pos
-
-
-def _check_and_add_hashed(f: AgingBloomFilter, hashes: KeyArray, ts: FloatArray) -> BoolArray:
-    """``f.check_and_add_many(items, ts)`` for items whose ``hash64_many(items, f.seed)`` is
-    ``hashes``: the same answers and the same filter state afterwards (the steps of
-    ``AgingBloomFilter.check_and_add_many`` and ``sketches.bloom._check_and_set``, with the
-    hashing skipped, word indices and bit masks computed once for both generations, and the
-    bits set with one ``reduceat`` per batch instead of ``bitwise_or.at``)."""
-    # Read-only use of the filter's internals; the generation logic is the filter's own.
-    k, m = f.num_hashes, f.num_bits
-    pos = _probes(hashes, k, m)
-    n = len(pos)
-    times = f._timestamps(ts, n)
-    out = np.zeros(n, dtype=np.bool_)
-    words_of = (pos >> _SIX).astype(np.intp)
-    masks = np.left_shift(_ONE, pos & _LOW6)
-    for start, stop, gen in f._runs(times):
-        f._rotate(gen)  # may swap the generation filters: read _cur/_prev after it
-        widx, bit = words_of[start:stop], masks[start:stop]
-        present = _check_and_set_masks(f._cur._words, pos[start:stop], widx, bit)
-        incomplete = np.flatnonzero(~present)
-        if len(incomplete):  # else every item is present in the current generation already
-            seen = (f._prev._words[widx[incomplete]] & bit[incomplete]).all(axis=1)
-            present[incomplete] = seen
-        out[start:stop] = present
-    f._advance_clock(times)
-    return out
-
-
-def _check_and_set_masks(words: KeyArray, pos: KeyArray, widx: NDArray[np.intp], bit: KeyArray) -> BoolArray:
-    """``sketches.bloom._check_and_set(words, pos)`` given the probes' word indices and masks:
-    item ``j`` is present iff each of its probe bits was set before or by an earlier item."""
-    n, k = pos.shape
-    fresh = np.flatnonzero((words[widx] & bit).reshape(-1) == 0)  # probes whose bit was unset
-    present = np.ones(n, dtype=np.bool_)
-    if not len(fresh):
-        return present
-    positions = pos.reshape(-1)[fresh]
-    rows = fresh // k
-    row_bits = max(1, (n - 1).bit_length())
-    pos_bits = int(positions.max()).bit_length()
-    if pos_bits + row_bits <= 64:
-        # one plain sort of packed (position, row) keys: much faster than a lexsort (32-bit
-        # keys when they fit, twice as fast again)
-        dtype = np.dtype(np.uint32 if pos_bits + row_bits <= 32 else np.uint64)
-        shift = np.array(row_bits, dtype=dtype)
-        packed: NDArray[Any] = np.sort(np.left_shift(positions.astype(dtype), shift) | rows.astype(dtype))
-        spos: NDArray[Any] = packed >> shift
-        srow = (packed & np.array((1 << row_bits) - 1, dtype=dtype)).astype(np.intp)
-    else:  # pragma: no cover - only for batches of more than 2**24 items
-        order = np.lexsort((rows, positions))
-        spos, srow = positions[order], rows[order].astype(np.intp)
-    first = np.ones(len(spos), dtype=np.bool_)
-    np.not_equal(spos[1:], spos[:-1], out=first[1:])
-    # a fresh position is set by the first row that probes it: that row, and only rows that are
-    # first for some position, still miss a bit when their turn comes
-    present[srow[first]] = False
-    # The positions set are fresh (their bits were clear) and distinct, so adding each mask to
-    # its word is the same as or-ing it in, and ``add.at`` has a fast path (``bitwise_or.at``
-    # has not).
-    setpos = spos[first].astype(np.uint64)
-    np.add.at(words, (setpos >> _SIX).astype(np.intp), np.left_shift(_ONE, setpos & _LOW6))
-    return present
-
 
 class DuplicateDetector(Detector):
     """Re-occurrence of a key (one or more columns) within ``ttl`` seconds of event time.
@@ -345,9 +260,7 @@ class DuplicateDetector(Detector):
 
     def estimated_fp_rate(self) -> float:
         """False-positive rate of a check now, from the fill of both generation filters."""
-        f = self.filter
-        cur, prev = f._cur.estimated_fp_rate(), f._prev.estimated_fp_rate()  # read-only use
-        return float(1.0 - (1.0 - cur) * (1.0 - prev))
+        return self.filter.estimated_fp_rate()
 
     def _hashes(self, batch: EventBatch) -> KeyArray:
         """The filter's hash of each event's key: ``hash64_many(item, seed)`` of the item the
@@ -370,12 +283,13 @@ class DuplicateDetector(Detector):
         hashes = self._hashes(batch)
         # In chunks: the same answers as one call (the filter is sequential), but the probe
         # arrays (events x hashes) stay cache-sized.
+        check = self.filter.check_and_add_hashes
         if len(ts) <= _DUP_CHUNK:
-            dup = _check_and_add_hashed(self.filter, hashes, ts)
+            dup = check(hashes, ts)
         else:
             dup = np.concatenate(
                 [
-                    _check_and_add_hashed(self.filter, hashes[lo : lo + _DUP_CHUNK], ts[lo : lo + _DUP_CHUNK])
+                    check(hashes[lo : lo + _DUP_CHUNK], ts[lo : lo + _DUP_CHUNK])
                     for lo in range(0, len(ts), _DUP_CHUNK)
                 ]
             )

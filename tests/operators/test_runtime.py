@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from connectors.events import EventBatch
-from operators.detectors.entity import DuplicateDetector, _check_and_add_hashed, _probes
+from operators.detectors.entity import DuplicateDetector
 from operators.runtime import split_by_shard
 from sketches import AgingBloomFilter
-from sketches.hashing import hash64_many, probe_indices
+from sketches.hashing import hash64_many
 
 
 def _batch(n: int, seed: int = 0, distinct: int = 50) -> EventBatch:
@@ -82,12 +82,6 @@ def test_take_and_concat_carry_hashes() -> None:
     assert ("key", 5) not in EventBatch.concat([sub, _batch(3)]).hashes  # only when every part has them
 
 
-@pytest.mark.parametrize(("k", "m"), [(1, 64), (20, 377_474), (255, 1 << 32), (3, (1 << 32) + 5)])
-def test_probes_equal_probe_indices(k: int, m: int) -> None:
-    h = np.random.default_rng(k).integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)
-    assert np.array_equal(_probes(h, k, m), probe_indices(h, k, m))
-
-
 @pytest.mark.parametrize(("capacity", "fp_rate"), [(50, 1e-6), (2000, 0.01), (5, 0.3)])
 def test_hashed_check_and_add_equals_filter(capacity: int, fp_rate: float) -> None:
     rng = np.random.default_rng(capacity)
@@ -100,7 +94,7 @@ def test_hashed_check_and_add_equals_filter(capacity: int, fp_rate: float) -> No
         ts = t + np.sort(rng.random(n) * 50.0) - rng.random(n) * 20.0 * (rng.random(n) < 0.1)  # some late
         t += float(rng.random() * 70.0)
         want = ref.check_and_add_many(items, ts)
-        got = _check_and_add_hashed(fast, hash64_many(items, 11), ts)
+        got = fast.check_and_add_hashes(hash64_many(items, 11), ts)
         assert got.tolist() == want.tolist()
         assert fast.to_bytes() == ref.to_bytes()
 
