@@ -5,6 +5,11 @@
  * int items: two rounds of the MurmurHash3 64-bit finaliser keyed by the seed,
  * equal to the numpy path in ``sketches/hashing.py``.
  * The module holds no state; results depend only on (item, seed).
+ *
+ * bloom_probe: Bloom filter probes of pre-hashed items, one item after another, with the
+ * probe positions of ``sketches.hashing.probe_indices`` for m <= 2**32 (double hashing of
+ * the two 32-bit halves, Lemire's multiply-shift reduction). Sequential by construction, so
+ * an item repeated within a batch is found at its second occurrence.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -175,9 +180,73 @@ static PyObject *py_hash_one(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(h);
 }
 
+/* Probe positions of hashing.probe_indices for m <= 2**32: ((a + i*b) mod 2**32) * m >> 32. */
+static inline int all_bits_set(const uint64_t *words, uint64_t h, unsigned k, uint64_t m) {
+    uint32_t a = (uint32_t)h, b = (uint32_t)(h >> 32) | 1u;
+    for (unsigned i = 0; i < k; i++, a += b) {
+        uint64_t pos = ((uint64_t)a * m) >> 32;
+        if (!((words[pos >> 6] >> (pos & 63)) & 1u)) return 0;
+    }
+    return 1;
+}
+
+static inline void set_bits(uint64_t *words, uint64_t h, unsigned k, uint64_t m) {
+    uint32_t a = (uint32_t)h, b = (uint32_t)(h >> 32) | 1u;
+    for (unsigned i = 0; i < k; i++, a += b) {
+        uint64_t pos = ((uint64_t)a * m) >> 32;
+        words[pos >> 6] |= 1ULL << (pos & 63);
+    }
+}
+
+enum { PROBE_TEST = 0, PROBE_SET = 1, PROBE_CHECK_AND_SET = 2 };
+
+/* bloom_probe(hashes, k, m, words, prev, out, mode): per item in order, out[i] = all k bits
+ * set in ``words`` (or, if ``prev`` is not None, all set in ``prev``), tested before the item's
+ * own bits are set; mode 0 tests only, 1 sets only (out untouched), 2 tests then sets. */
+static PyObject *bloom_probe(PyObject *self, PyObject *args) {
+    Py_buffer hashes, words, out, prev = {0};
+    PyObject *prev_obj;
+    unsigned int k;
+    unsigned long long m;
+    int mode;
+    if (!PyArg_ParseTuple(args, "y*IKw*Ow*i", &hashes, &k, &m, &words, &prev_obj, &out, &mode)) return NULL;
+    PyObject *result = NULL;
+    int have_prev = prev_obj != Py_None;
+    if (have_prev && PyObject_GetBuffer(prev_obj, &prev, PyBUF_SIMPLE) < 0) goto done;
+    Py_ssize_t n = hashes.len / (Py_ssize_t)sizeof(uint64_t);
+    uint64_t nbits = (uint64_t)words.len * 8;
+    if (m == 0 || m > 0x100000000ULL || m > nbits || (have_prev && (uint64_t)prev.len * 8 < m)) {
+        PyErr_SetString(PyExc_ValueError, "m must be in [1, 2**32] and fit in the word buffers");
+        goto done;
+    }
+    if (mode < PROBE_TEST || mode > PROBE_CHECK_AND_SET || (mode != PROBE_SET && out.len < n)) {
+        PyErr_SetString(PyExc_ValueError, "bad mode or output buffer shorter than the hashes");
+        goto done;
+    }
+    const uint64_t *h = (const uint64_t *)hashes.buf;
+    uint64_t *w = (uint64_t *)words.buf;
+    const uint64_t *pw = have_prev ? (const uint64_t *)prev.buf : NULL;
+    uint8_t *o = (uint8_t *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (mode != PROBE_SET) o[i] = (uint8_t)(all_bits_set(w, h[i], k, m) || (pw && all_bits_set(pw, h[i], k, m)));
+        if (mode != PROBE_TEST) set_bits(w, h[i], k, m);
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (have_prev && prev.obj != NULL) PyBuffer_Release(&prev);
+    PyBuffer_Release(&hashes);
+    PyBuffer_Release(&words);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"hash_into", hash_into, METH_VARARGS, "hash_into(items, seed, out): hash a sequence into a uint64 buffer."},
     {"hash_one", py_hash_one, METH_VARARGS, "hash_one(item, seed) -> int: hash one item."},
+    {"bloom_probe", bloom_probe, METH_VARARGS, "bloom_probe(hashes, k, m, words, prev, out, mode): Bloom probes."},
     {NULL, NULL, 0, NULL},
 };
 

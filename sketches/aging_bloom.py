@@ -18,17 +18,18 @@ from numpy.typing import NDArray
 from sketches._base import Sketch
 from sketches._format import Codec
 from sketches.bloom import (
+    CHECK_AND_SET,
+    SET,
+    TEST,
     BloomFilter,
-    _check_and_set,
     _check_int,
     _pack,
-    _set_bits,
-    _test_bits,
     _unpack,
     check_fp_rate,
     optimal_size,
+    probe_hashes,
 )
-from sketches.hashing import Item, Items, check_seed, hash64_many, probe_indices
+from sketches.hashing import Item, Items, check_seed, hash64_many
 
 __all__ = ["AgingBloomFilter"]
 
@@ -192,6 +193,11 @@ class AgingBloomFilter(Sketch):
             raise ValueError(f"ts / ttl out of range (|ts / ttl| must be below 2**53) for ttl={self._ttl}")
         return gens.astype(np.int64)
 
+    def _probe(
+        self, hashes: NDArray[np.uint64], mode: int, prev: NDArray[np.uint64] | None = None
+    ) -> NDArray[np.bool_]:
+        return probe_hashes(self._cur._words, hashes, self._cur.num_hashes, self._cur.num_bits, mode, prev)
+
     def _rotate(self, gen: int) -> None:
         """Advance the current generation to ``gen`` (never backwards), dropping old filters."""
         if self._gen is None:
@@ -254,11 +260,11 @@ class AgingBloomFilter(Sketch):
         ValueError
             If a timestamp is NaN or infinite, or ``ts`` has the wrong shape.
         """
-        pos = self._cur._probe(items)
-        times = self._timestamps(ts, len(pos))
+        hashes = hash64_many(items, self._seed)
+        times = self._timestamps(ts, len(hashes))
         for start, stop, gen in self._runs(times):
             self._rotate(gen)
-            _set_bits(self._cur._words, pos[start:stop].reshape(-1))
+            self._probe(hashes[start:stop], SET)
         self._advance_clock(times)
 
     def check_and_add(self, item: Item, ts: float) -> bool:
@@ -322,14 +328,12 @@ class AgingBloomFilter(Sketch):
         """
         if not isinstance(hashes, np.ndarray) or hashes.dtype != np.uint64:
             raise ValueError("hashes must be a numpy uint64 array from sketches.hashing.hash64_many")
-        pos = probe_indices(hashes.reshape(-1), self._cur.num_hashes, self._cur.num_bits)
-        times = self._timestamps(ts, len(pos))
-        out = np.zeros(len(pos), dtype=np.bool_)
+        hashes = hashes.reshape(-1)
+        times = self._timestamps(ts, len(hashes))
+        out = np.zeros(len(hashes), dtype=np.bool_)
         for start, stop, gen in self._runs(times):
             self._rotate(gen)
-            run = pos[start:stop]
-            seen_before = _test_bits(self._prev._words, run).all(axis=1)
-            out[start:stop] = _check_and_set(self._cur._words, run) | seen_before
+            out[start:stop] = self._probe(hashes[start:stop], CHECK_AND_SET, self._prev._words)
         self._advance_clock(times)
         return out
 
@@ -382,13 +386,13 @@ class AgingBloomFilter(Sketch):
         ValueError
             If a timestamp is NaN or infinite, or ``ts`` has the wrong shape.
         """
-        pos = self._cur._probe(items)
-        gens = self._generations(self._timestamps(ts, len(pos)))
+        hashes = hash64_many(items, self._seed)
+        gens = self._generations(self._timestamps(ts, len(hashes)))
         if self._gen is None:
-            return np.zeros(len(pos), dtype=np.bool_)
+            return np.zeros(len(hashes), dtype=np.bool_)
         ahead = np.maximum(gens, self._gen) - self._gen  # 0: both filters live, 1: only _cur, 2+: none
-        in_cur = _test_bits(self._cur._words, pos).all(axis=1)
-        in_prev = _test_bits(self._prev._words, pos).all(axis=1)
+        in_cur = self._probe(hashes, TEST)
+        in_prev = probe_hashes(self._prev._words, hashes, self._cur.num_hashes, self._cur.num_bits, TEST)
         present: NDArray[np.bool_] = ((ahead == 0) & (in_cur | in_prev)) | ((ahead == 1) & in_cur)
         return present
 

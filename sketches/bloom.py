@@ -17,6 +17,11 @@ from sketches._base import Sketch
 from sketches._format import Codec
 from sketches.hashing import Item, Items, check_seed, hash64, hash64_many, probe_indices
 
+try:
+    from sketches import _chash
+except ImportError:  # pragma: no cover - built without a C compiler: the numpy path
+    _chash = None  # type: ignore[assignment]
+
 __all__ = ["BloomFilter"]
 
 MAX_BITS: Final = 2**40
@@ -109,6 +114,38 @@ def _check_and_set(words: Words, pos: Positions) -> NDArray[np.bool_]:
     present[srow[first].astype(np.intp)] = False
     _set_bits(words, spos[first])
     return present
+
+
+TEST: Final = 0
+SET: Final = 1
+CHECK_AND_SET: Final = 2
+_C_MAX_BITS: Final = 2**32
+
+
+def probe_hashes(
+    words: Words, hashes: NDArray[np.uint64], k: int, m: int, mode: int, prev: Words | None = None
+) -> NDArray[np.bool_]:
+    """Bloom probes of pre-hashed items in ``words``, item after item.
+
+    ``mode`` is ``TEST`` (all ``k`` bits of the item set), ``SET`` (set them; the result is
+    empty) or ``CHECK_AND_SET`` (test, then set: a repeat within the batch is found at its
+    second occurrence). With ``prev``, an item also tests present if all its bits are set in
+    ``prev`` (the older generation of an aging filter). The C kernel and the numpy path give
+    identical results; numpy is used without the extension or for ``m > 2**32``.
+    """
+    hashes = np.ascontiguousarray(hashes, dtype=np.uint64).reshape(-1)
+    out = np.zeros(0 if mode == SET else hashes.size, dtype=np.bool_)
+    if _chash is not None and m <= _C_MAX_BITS:
+        _chash.bloom_probe(hashes, k, m, words, prev, out, mode)
+        return out
+    pos = probe_indices(hashes, k, m)
+    if mode == SET:
+        _set_bits(words, pos.reshape(-1))
+        return out
+    out[:] = _check_and_set(words, pos) if mode == CHECK_AND_SET else _test_bits(words, pos).all(axis=1)
+    if prev is not None:
+        out |= _test_bits(prev, pos).all(axis=1)
+    return out
 
 
 def _pack(words: Words, num_bits: int) -> bytes:
@@ -249,12 +286,11 @@ class BloomFilter(Sketch):
         """
         return float(self.fill_ratio**self._num_hashes)
 
-    def _probe(self, items: Items) -> Positions:
-        return probe_indices(hash64_many(items, self._seed), self._num_hashes, self._num_bits)
+    def _run(self, hashes: NDArray[np.uint64], mode: int) -> NDArray[np.bool_]:
+        return probe_hashes(self._words, hashes, self._num_hashes, self._num_bits, mode)
 
-    def _probe_one(self, item: Item) -> Positions:
-        hashes = np.array([hash64(item, self._seed)], dtype=np.uint64)
-        return probe_indices(hashes, self._num_hashes, self._num_bits)
+    def _hash_one(self, item: Item) -> NDArray[np.uint64]:
+        return np.array([hash64(item, self._seed)], dtype=np.uint64)
 
     def add(self, item: Item) -> None:
         """Add one item (str, bytes or int).
@@ -264,7 +300,7 @@ class BloomFilter(Sketch):
         item : str, bytes or int
             The item.
         """
-        _set_bits(self._words, self._probe_one(item).reshape(-1))
+        self._run(self._hash_one(item), SET)
 
     def update(self, items: Items) -> None:
         """Add a batch of items; the same state as ``add`` for each in turn.
@@ -274,10 +310,10 @@ class BloomFilter(Sketch):
         items : sequence of str/bytes/int, or numpy integer array
             The items.
         """
-        _set_bits(self._words, self._probe(items).reshape(-1))
+        self._run(hash64_many(items, self._seed), SET)
 
     def __contains__(self, item: object) -> bool:
-        return bool(_test_bits(self._words, self._probe_one(cast(Item, item))).all())
+        return bool(self._run(self._hash_one(cast(Item, item)), TEST)[0])
 
     def contains_many(self, items: Items) -> NDArray[np.bool_]:
         """Membership of each item of a batch.
@@ -292,7 +328,7 @@ class BloomFilter(Sketch):
         numpy.ndarray of bool
             ``True`` where the item is (probably) present.
         """
-        return cast(NDArray[np.bool_], _test_bits(self._words, self._probe(items)).all(axis=1))
+        return self._run(hash64_many(items, self._seed), TEST)
 
     def check_and_add(self, item: Item) -> bool:
         """Report whether ``item`` was (probably) present, then add it.
@@ -307,7 +343,7 @@ class BloomFilter(Sketch):
         bool
             ``True`` if the item was (probably) already present before this call.
         """
-        return bool(_check_and_set(self._words, self._probe_one(item))[0])
+        return bool(self._run(self._hash_one(item), CHECK_AND_SET)[0])
 
     def check_and_add_many(self, items: Items) -> NDArray[np.bool_]:
         """Test-and-set a batch with the semantics of ``check_and_add`` applied in order.
@@ -331,7 +367,7 @@ class BloomFilter(Sketch):
         >>> BloomFilter(1024, 3).check_and_add_many([1, 2, 1, 1]).tolist()
         [False, False, True, True]
         """
-        return _check_and_set(self._words, self._probe(items))
+        return self._run(hash64_many(items, self._seed), CHECK_AND_SET)
 
     def merge(self, other: BloomFilter) -> None:
         """Union in place: afterwards ``self`` holds every item of either filter.

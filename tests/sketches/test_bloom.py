@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import pickle
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sketches import bloom
 from sketches._format import Codec
 from sketches.bloom import BloomFilter, _sorted_pairs
 from sketches.hashing import Item
@@ -383,3 +385,46 @@ def test_check_and_add_many_false_repeat_rate() -> None:
     # the rate grows from 0 to p over the fill, so the mean is well below p (about p / 4 here)
     assert 0 < flags.mean() < 0.01
     assert bf.check_and_add_many([f"id-{i}" for i in range(0, 50_000, 7)]).all()
+
+
+# -- the C probe kernel against the numpy path ------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(
+    hashes=st.lists(st.integers(0, 2**64 - 1), max_size=80),
+    m=st.integers(1, 300),
+    k=st.integers(1, 12),
+    mode=st.sampled_from([bloom.TEST, bloom.SET, bloom.CHECK_AND_SET]),
+    with_prev=st.booleans(),
+    start=st.integers(0, 2**32),
+)
+def test_c_kernel_matches_numpy_path(
+    hashes: list[int], m: int, k: int, mode: int, with_prev: bool, start: int
+) -> None:
+    h = np.array(hashes, dtype=np.uint64)
+    nwords = (m + 63) // 64
+    rng = np.random.default_rng(start)
+    words = rng.integers(0, 2**64, nwords, dtype=np.uint64) & np.uint64(
+        rng.integers(0, 2**64, dtype=np.uint64)
+    )
+    prev = rng.integers(0, 2**64, nwords, dtype=np.uint64) if with_prev else None
+    words[-1] &= np.uint64((1 << (m - 64 * (nwords - 1))) - 1) if m % 64 else np.uint64(2**64 - 1)
+    c_words, np_words = words.copy(), words.copy()
+    c_out = bloom.probe_hashes(c_words, h, k, m, mode, prev)
+    with mock.patch.object(bloom, "_chash", None):
+        np_out = bloom.probe_hashes(np_words, h, k, m, mode, prev)
+    assert c_out.tolist() == np_out.tolist()
+    assert c_words.tolist() == np_words.tolist()
+
+
+def test_kernel_in_use_and_large_filters_take_the_numpy_path() -> None:
+    assert bloom._chash is not None, "the C extension must be built for the fast path"
+    big = np.zeros(2**32 // 64 + 1, dtype=np.uint64)  # m > 2**32: numpy path, same semantics
+    out = bloom.probe_hashes(big, np.array([5, 9, 5], dtype=np.uint64), 3, 2**32 + 64, bloom.CHECK_AND_SET)
+    assert out.tolist() == [False, False, True]
+
+
+def test_kernel_rejects_words_too_small_for_m() -> None:
+    with pytest.raises(ValueError, match="fit in the word buffers"):
+        bloom.probe_hashes(np.zeros(1, dtype=np.uint64), np.array([1], dtype=np.uint64), 3, 65, bloom.TEST)
