@@ -454,6 +454,29 @@ def _check_stratum(stratum: object) -> Stratum:
     raise TypeError(f"stratum must be str, bytes or int, got {type(stratum).__name__}")
 
 
+def _group_by_hash(seq: NDArray[Any]) -> tuple[list[Stratum], list[NDArray[np.int64]]] | None:
+    """``_group`` of an object array through 64-bit hashes (C speed), or ``None`` when an item
+    does not hash or two distinct strata share a hash: then the caller groups by equality."""
+    try:
+        hashes = hash64_many(seq.tolist(), 0)
+    except (TypeError, OverflowError, ValueError):
+        return None
+    _, first, inv = np.unique(hashes, return_index=True, return_inverse=True)
+    rank = np.argsort(first, kind="stable")
+    remap = np.empty(len(first), dtype=np.int64)
+    remap[rank] = np.arange(len(first), dtype=np.int64)
+    codes = remap[inv.reshape(-1)]
+    reps = seq[first[rank]]
+    if not bool((reps[codes] == seq).all()):  # a hash collision: exactness first
+        return None
+    return [_check_stratum(r) for r in reps.tolist()], _positions_by_code(codes, len(reps))
+
+
+def _positions_by_code(codes: NDArray[np.int64], n: int) -> list[NDArray[np.int64]]:
+    order = np.argsort(codes, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(codes, minlength=n))[:-1])
+
+
 def _group(strata: object, m: int) -> tuple[list[Stratum], list[NDArray[np.int64]]]:
     """Distinct strata in order of first appearance, and the positions of each (in order)."""
     seq = _as_batch(strata, "strata")
@@ -462,6 +485,9 @@ def _group(strata: object, m: int) -> tuple[list[Stratum], list[NDArray[np.int64
     if m == 0:
         return [], []
     if isinstance(seq, np.ndarray) and seq.dtype.kind == "O":
+        grouped = _group_by_hash(seq)
+        if grouped is not None:
+            return grouped
         seq = seq.tolist()  # mixed types do not sort; group them by equality below
     if isinstance(seq, np.ndarray):
         if seq.dtype.kind not in "iuUS":
@@ -480,9 +506,7 @@ def _group(strata: object, m: int) -> tuple[list[Stratum], list[NDArray[np.int64
             raise TypeError(f"stratum must be str, bytes or int: {exc}") from exc
         codes = np.asarray(code_list, dtype=np.int64)
         reps = [_check_stratum(s) for s in lookup]
-    order = np.argsort(codes, kind="stable")
-    bounds = np.cumsum(np.bincount(codes, minlength=len(reps)))[:-1]
-    return reps, np.split(order, bounds)
+    return reps, _positions_by_code(codes, len(reps))
 
 
 class StratifiedReservoir(Sketch):

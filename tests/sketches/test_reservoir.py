@@ -7,6 +7,7 @@ import math
 import pickle
 from collections import Counter
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare  # type: ignore[import-untyped]
 
+from sketches import reservoir
 from sketches._format import Codec, encode_items
 from sketches.reservoir import Reservoir, StratifiedReservoir, WeightedReservoir
 
@@ -744,3 +746,29 @@ def _keys(*values: float) -> bytes:
 def test_forged_weighted_records(params: tuple[Any, ...], payload: bytes) -> None:
     with pytest.raises(ValueError, match="corrupt WeightedReservoir bytes"):
         WeightedReservoir.from_bytes(W_CODEC.dump(params, payload))
+
+
+# -- grouping strata of an object array by hash ------------------------------------------------
+
+STRATA = st.lists(
+    st.one_of(st.sampled_from(["a", "b", "", "é"]), st.integers(-3, 3), st.booleans(), st.binary(max_size=2)),
+    max_size=40,
+)
+
+
+@given(STRATA)
+def test_object_array_strata_group_like_a_list(strata: list[object]) -> None:
+    arr = np.empty(len(strata), dtype=object)
+    arr[:] = strata
+    want_reps, want_pos = reservoir._group(list(strata), len(strata))
+    got_reps, got_pos = reservoir._group(arr, len(strata))
+    assert got_reps == want_reps
+    assert [p.tolist() for p in got_pos] == [p.tolist() for p in want_pos]
+
+
+def test_strata_hash_collisions_fall_back_to_equality() -> None:
+    arr = np.array(["x", "y", "x"], dtype=object)
+    with mock.patch.object(reservoir, "hash64_many", lambda items, seed: np.zeros(len(items), np.uint64)):
+        reps, pos = reservoir._group(arr, 3)
+    assert reps == ["x", "y"]
+    assert [p.tolist() for p in pos] == [[0, 2], [1]]
