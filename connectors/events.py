@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -21,7 +21,19 @@ from numpy.typing import NDArray
 
 from sketches.hashing import hash64_many
 
-__all__ = ["RAW_LIMIT", "SCHEMAS", "Anomaly", "DeadLetter", "EventBatch", "Field", "Sample", "Schema"]
+__all__ = [
+    "RAW_LIMIT",
+    "SCHEMAS",
+    "Anomaly",
+    "DeadLetter",
+    "EventBatch",
+    "Field",
+    "LazyColumns",
+    "Sample",
+    "Schema",
+    "gathered",
+    "sliced",
+]
 
 RAW_LIMIT: Final = 4096
 """Bytes of a bad record's raw text kept in ``dead_letters.raw`` (the rest is cut)."""
@@ -113,7 +125,7 @@ class EventBatch:
 
     flow: str
     positions: NDArray[np.int64]
-    columns: dict[str, NDArray[Any]] = field(default_factory=dict)
+    columns: Mapping[str, NDArray[Any]] = field(default_factory=dict)
     hashes: dict[tuple[str, int], NDArray[np.uint64]] = field(default_factory=dict, repr=False, compare=False)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     """Other per-batch results that are a pure function of the batch (the runtime's shard split)."""
@@ -128,6 +140,7 @@ class EventBatch:
         # The memo holds derived objects only (recomputed on demand); the hashes travel along.
         state = dict(self.__dict__)
         state["memo"] = {}
+        state["columns"] = dict(self.columns)  # lazily gathered columns travel as plain arrays
         return state
 
     def key_hashes(self, column: str, seed: int) -> NDArray[np.uint64]:
@@ -174,7 +187,7 @@ class EventBatch:
         if len(batches) == 1:
             return batches[0]
         first = batches[0]
-        columns = {name: np.concatenate([b.columns[name] for b in batches]) for name in first.columns}
+        columns = LazyColumns(tuple(first.columns), lambda name: np.concatenate([b[name] for b in batches]))
         out = cls(first.flow, np.concatenate([b.positions for b in batches]), columns)
         for key in first.hashes:
             if all(key in b.hashes for b in batches[1:]):
@@ -190,6 +203,22 @@ class EventBatch:
             out.hashes[key] = _read_only(h[index])
         return out
 
+    def project(self, names: Sequence[str]) -> EventBatch:
+        """The same events with only the columns ``names`` (views; memoised hashes kept).
+
+        What a step sends to another worker is pickled whole: a step that reads few columns
+        sends only those.
+
+        >>> b = EventBatch("demo", np.arange(2), {"k": np.array(["a", "b"], dtype=object), "x": np.ones(2)})
+        >>> list(b.project(["x"]).columns)
+        ['x']
+        """
+        missing = [n for n in names if n not in self.columns]
+        if missing:
+            raise KeyError(f"batch of flow {self.flow!r} has no column {missing[0]!r}")
+        columns = self.columns
+        return EventBatch(self.flow, self.positions, LazyColumns(names, lambda n: columns[n]), self.hashes)
+
     def records(self) -> Iterator[dict[str, Any]]:
         """The events as plain dicts (for JSON Lines, samples and tests)."""
         names = list(self.columns)
@@ -202,9 +231,49 @@ class EventBatch:
         return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.records())
 
 
-def _read_only(array: NDArray[np.uint64]) -> NDArray[np.uint64]:
+def _read_only(array: NDArray[Any]) -> NDArray[Any]:
     array.flags.writeable = False
     return array
+
+
+class LazyColumns(Mapping[str, NDArray[Any]]):
+    """Columns computed on first use by ``make(name)`` and kept (read-only).
+
+    A batch cut into parts (by shard) or glued from parts gets its columns this way: a
+    column that no reader asks for is never copied, and one that is asked for is copied once.
+
+    >>> cols = LazyColumns(("a", "b"), lambda name: np.arange(3) * (2 if name == "b" else 1))
+    >>> cols["b"].tolist(), list(cols), cols["b"] is cols["b"]
+    ([0, 2, 4], ['a', 'b'], True)
+    """
+
+    def __init__(self, names: Sequence[str], make: Callable[[str], NDArray[Any]]) -> None:
+        self._names, self._make = tuple(names), make
+        self._done: dict[str, NDArray[Any]] = {}
+
+    def __getitem__(self, name: str) -> NDArray[Any]:
+        col = self._done.get(name)
+        if col is None:
+            if name not in self._names:
+                raise KeyError(name)
+            col = self._done[name] = _read_only(self._make(name))
+        return col
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def gathered(columns: Mapping[str, NDArray[Any]], order: NDArray[np.intp]) -> LazyColumns:
+    """``columns`` reordered by ``order``, each column gathered on first use."""
+    return LazyColumns(tuple(columns), lambda name: columns[name][order])
+
+
+def sliced(columns: Mapping[str, NDArray[Any]], start: int, stop: int) -> LazyColumns:
+    """Events ``start`` to ``stop`` of ``columns`` (views), each taken on first use."""
+    return LazyColumns(tuple(columns), lambda name: columns[name][start:stop])
 
 
 @dataclass(frozen=True)

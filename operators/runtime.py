@@ -29,7 +29,7 @@ import numpy as np
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.events import EventBatch, Sample
+from connectors.events import EventBatch, Sample, gathered, sliced
 from operators.alerts import Alert
 
 __all__ = ["GLOBAL_KEY", "Detector", "DetectorSpec", "Output", "detector_step", "split_by_shard"]
@@ -59,11 +59,18 @@ class Detector:
 @dataclass(frozen=True)
 class DetectorSpec:
     """How a flow runs a detector: its step name, the column its entities are keyed by
-    (``None``: one global state), and a factory for a fresh shard state."""
+    (``None``: one global state), and a factory for a fresh shard state.
+
+    What travels between workers is cut to what the detector needs: ``columns`` lists the
+    columns it reads (``None``: all; a detector that reads another fails with ``KeyError``,
+    so a wrong list shows in any test), and ``local`` is an optional reduction, a pure
+    function of a batch run on the worker that holds it, before routing."""
 
     name: str
     key: str | None
     factory: Callable[[], Detector]
+    columns: tuple[str, ...] | None = None
+    local: Callable[[EventBatch], EventBatch] | None = None
 
 
 def split_by_shard(
@@ -95,13 +102,13 @@ def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[st
     shard = shard.astype(np.uint16 if shards <= 1 << 16 else np.intp)
     order = np.argsort(shard, kind="stable")
     counts = np.bincount(shard, minlength=shards).tolist()
-    # One gather per column, then each sub-batch is a slice (a view) of the gathered arrays.
+    # One gather per column, on first use (a detector reads few of the columns), then each
+    # sub-batch is a slice (a view) of the gathered arrays, shared by every step of this key.
     positions = batch.positions[order]
-    columns = {name: col[order] for name, col in batch.columns.items()}
+    positions.flags.writeable = False
+    columns = gathered(batch.columns, order)
     sorted_hashes = hashes[order]
     sorted_hashes.flags.writeable = False
-    for arr in (positions, *columns.values()):
-        arr.flags.writeable = False  # shared by every step keyed by this column
     out = []
     start = 0
     hash_key = (key, seed)
@@ -112,7 +119,7 @@ def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[st
         part = EventBatch(
             batch.flow,
             positions[start:stop],
-            {name: col[start:stop] for name, col in columns.items()},
+            sliced(columns, start, stop),
             {hash_key: sorted_hashes[start:stop]},
         )
         out.append((f"{s:04d}", part))
@@ -141,11 +148,16 @@ def detector_step(
     """Route ``events`` to shards by ``spec.key`` and run ``spec``'s detector on each shard."""
 
     def route(batch: EventBatch) -> list[tuple[str, EventBatch]]:
-        return split_by_shard(batch, spec.key, shards, seed)
+        parts = split_by_shard(batch, spec.key, shards, seed)
+        if spec.columns is None:
+            return parts
+        return [(shard, part.project(spec.columns)) for shard, part in parts]
 
     def build(resume: bytes | None) -> _DetectorLogic:
         return _DetectorLogic(pickle.loads(resume) if resume is not None else spec.factory())
 
+    if spec.local is not None:
+        events = op.map(f"{step_id}_local", events, spec.local)
     keyed = op.flat_map(f"{step_id}_route", events, route)
     out = op.stateful_batch(step_id, keyed, build)
     return op.map(f"{step_id}_out", out, _value)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
-from connectors.events import EventBatch
+from connectors.events import EventBatch, LazyColumns
 from operators.detectors.entity import DuplicateDetector
 from operators.runtime import split_by_shard
 from sketches import AgingBloomFilter
@@ -110,3 +112,40 @@ def test_duplicate_detector_reuses_routing_hashes_only_for_its_seed() -> None:
         parts = split_by_shard(batch, "tx_id", 2, routing_seed)
         alerts = [a.trigger for _, part in parts for a in det.process(part)]
         assert sorted(alerts, key=int) == ["2", "4", "5"]
+
+
+def test_split_gathers_only_the_columns_read_and_each_once() -> None:
+    batch = _batch(1000)
+    parts = [p for _, p in split_by_shard(batch, "key", 8, 0)]
+    assert all(isinstance(p.columns, LazyColumns) and p.columns._done == {} for p in parts)
+    assert parts[0]["x"].tolist() == _reference_split(batch, "key", 8, 0)[0][1]["x"].tolist()
+    assert set(parts[0].columns._done) == {"x"}  # "key" and "other" were not copied
+    assert parts[0]["x"].base is parts[1]["x"].base  # views of one gather shared by every shard
+    assert parts[0]["x"] is parts[0]["x"]
+
+
+def test_lazy_batches_pickle_and_concat_like_plain_ones() -> None:
+    batch = _batch(400, distinct=9)
+    parts = [p for _, p in split_by_shard(batch, "key", 4, 0)]
+    for p in parts:
+        back = pickle.loads(pickle.dumps(p))
+        assert type(back.columns) is dict
+        assert {c: v.tolist() for c, v in back.columns.items()} == {c: p[c].tolist() for c in p.columns}
+    glued = EventBatch.concat(parts)
+    order = np.concatenate([p.positions for p in parts])
+    assert glued["other"].tolist() == batch.take(order - 100)["other"].tolist()
+    with pytest.raises(KeyError):
+        glued["missing"]
+
+
+def test_project_keeps_only_named_columns_and_the_hashes() -> None:
+    batch = _batch(50)
+    batch.key_hashes("key", 0)
+    small = batch.project(["x", "key"])
+    assert list(small.columns) == ["x", "key"] and small.hashes is batch.hashes
+    assert small["x"].tolist() == batch["x"].tolist()
+    with pytest.raises(KeyError):
+        small["other"]
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        batch.project(["nope"])
+    assert list(pickle.loads(pickle.dumps(small)).columns) == ["x", "key"]
