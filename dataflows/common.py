@@ -80,7 +80,9 @@ def sampling_spec(config: Config) -> list[DetectorSpec]:
     """The flow's stratified window sampler (``samples`` table), unless ``SKETCHWATCH_SAMPLE_K=0``."""
     if config.sample_k == 0:
         return []
-    return [DetectorSpec("sampling", None, partial(sampler_for, config.flow, config.sample_k, config.seed))]
+    factory = partial(sampler_for, config.flow, config.sample_k, config.seed)
+    # The preselection only reads the sampler's parameters, so a template instance serves.
+    return [DetectorSpec("sampling", None, factory, local=factory().preselect)]
 
 
 CHAOS_VARIABLE = "SKETCHWATCH_CHAOS_FAIL_AT"

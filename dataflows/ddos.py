@@ -42,6 +42,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 idle_ttl=config.idle_ttl,
                 seed=config.seed,
             ),
+            columns=("endpoint", "client_ip", "ts"),
         ),
         DetectorSpec(
             "ip_rate",
@@ -53,6 +54,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 threshold=p("rate_threshold", 300, int, low=1),
                 seed=config.seed,
             ),
+            columns=("client_ip", "ts"),
         ),
         DetectorSpec(
             "traffic_skew",
@@ -67,6 +69,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 idle_ttl=config.idle_ttl,
                 seed=config.seed,
             ),
+            columns=("client_ip", "ts"),
         ),
     ]
 

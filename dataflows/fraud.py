@@ -47,6 +47,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 shards=config.shards,
                 seed=config.seed,
             ),
+            columns=("tx_id", "ts"),
         ),
         DetectorSpec(
             "merchant_surge",
@@ -60,6 +61,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 idle_ttl=config.idle_ttl,
                 seed=config.seed,
             ),
+            columns=("merchant_id", "type", "ts"),
         ),
         DetectorSpec(
             "amount_outlier",
@@ -74,6 +76,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 ratio=p("outlier_ratio", 10.0, low=1),
                 idle_ttl=p("outlier_idle_ttl", 604_800.0, low=1),
             ),
+            columns=("card_id", "amount", "ts"),
         ),
         DetectorSpec(
             "card_velocity",
@@ -88,6 +91,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 cooldown=p("velocity_cooldown", 300.0, low=0),
                 idle_ttl=config.idle_ttl,
             ),
+            columns=("card_id", "ts"),
         ),
     ]
     return specs + sampling_spec(config)

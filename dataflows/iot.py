@@ -47,6 +47,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 shards=config.shards,
                 seed=config.seed,
             ),
+            columns=("device_id", "payload", "ts"),
         ),
         DetectorSpec(
             "zone_zscore",
@@ -57,6 +58,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 z=p("zscore_z", 5.0, low=0),
                 min_count=p("zscore_min_count", 30, int, low=2),
             ),
+            columns=("zone", "temperature", "ts"),
         ),
         DetectorSpec(
             "stuck_sensor",
@@ -68,6 +70,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 consecutive=p("stuck_consecutive", 3, int, low=2),
                 idle_ttl=config.idle_ttl,
             ),
+            columns=("device_id", "temperature", "ts"),
         ),
         DetectorSpec(
             "threshold_breaches",
@@ -82,6 +85,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 cooldown=p("breach_cooldown", 600.0, low=0),
                 idle_ttl=config.idle_ttl,
             ),
+            columns=("device_id", "temperature", "ts"),
         ),
         *sampling_spec(config),
     ]

@@ -45,6 +45,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 warmup=p("spike_warmup", 5, int, low=0),
                 idle_ttl=config.idle_ttl,
             ),
+            columns=("brand", "sentiment", "ts"),
         ),
         DetectorSpec(
             "decayed_sentiment",
@@ -61,6 +62,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 hysteresis=p("decay_hysteresis", 0.1, low=0),
                 idle_ttl=config.idle_ttl,
             ),
+            columns=("brand", "sentiment", "ts"),
         ),
         *sampling_spec(config),
     ]

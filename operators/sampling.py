@@ -17,6 +17,7 @@ lambdas. :func:`sampler_for` builds the sampler each flow uses.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +28,9 @@ from numpy.typing import NDArray
 
 from connectors.events import EventBatch, Sample
 from operators.runtime import Detector, Output
-from sketches import StratifiedReservoir
+from sketches.hashing import check_seed, fmix64, hash64_many
 
 __all__ = ["FLOW_SAMPLING", "TRANSFORMS", "StratumSpec", "WindowSampler", "sampler_for"]
-
-_MASK64: Final = (1 << 64) - 1
 
 
 def status_class(status: NDArray[Any]) -> NDArray[Any]:
@@ -98,23 +97,6 @@ FLOW_SAMPLING: Final[dict[str, tuple[float, StratumSpec]]] = {
 """Each flow's sampling window length (seconds) and stratum."""
 
 
-class _Window:
-    """One open window: its reservoir (items are sampler sequence numbers) and the sampled
-    events, ``seq -> (position, event dict)``, for exactly the items currently sampled."""
-
-    __slots__ = ("events", "reservoir")
-
-    def __init__(self, reservoir: StratifiedReservoir) -> None:
-        self.reservoir = reservoir
-        self.events: dict[int, tuple[int, dict[str, Any]]] = {}
-
-    def __getstate__(self) -> tuple[StratifiedReservoir, dict[int, tuple[int, dict[str, Any]]]]:
-        return self.reservoir, self.events
-
-    def __setstate__(self, state: tuple[StratifiedReservoir, dict[int, tuple[int, dict[str, Any]]]]) -> None:
-        self.reservoir, self.events = state
-
-
 class WindowSampler(Detector):
     """Keep ``k_per_stratum`` uniformly sampled events per stratum of each tumbling window.
 
@@ -127,9 +109,9 @@ class WindowSampler(Detector):
     stratum : str or StratumSpec
         A column name, or a :class:`StratumSpec` (column + named transform).
     k_per_stratum : int, default 20
-        Sample size per stratum and window.
+        Sample size per stratum and window, in ``[1, 2**31)``.
     seed : int, default 0
-        Seed of the reservoirs' randomness, in ``[0, 2**32)``.
+        Seed of the sampling priorities, in ``[0, 2**32)``.
     lateness : float, default 5.0
         The watermark is the largest ``ts`` seen minus ``lateness``.
     offset : float, default 0.0
@@ -140,26 +122,30 @@ class WindowSampler(Detector):
     Raises
     ------
     ValueError
-        If ``length`` is not positive, ``lateness`` is negative, or a reservoir parameter
-        is out of range.
+        If ``length`` is not positive, ``lateness`` is negative, or ``k_per_stratum`` or
+        ``seed`` is out of range.
 
     Notes
     -----
+    Bottom-k (priority) sampling: every event gets the priority
+    ``fmix64(hash64(position, seed) ^ fmix64(window))`` and a window keeps, per stratum, the
+    ``k`` events of smallest priority: a uniform random sample without replacement of size
+    ``min(k, n)`` (each event kept with probability ``min(1, k / n)``), windows independent.
+    The sample is a function of the window's set of events, not of their order: the same
+    for any batch boundaries, any number of workers, and after a resume. That also makes it
+    cheap to run in parallel: :meth:`preselect` cuts a batch down to the few events that can
+    be in a sample (the bottom ``k`` of each window and stratum within the batch, as the
+    bottom ``k`` of a union is the bottom ``k`` of the parts' bottom ``k``s) on the worker that
+    read it, so only those travel to the single global sampler. Events of different input
+    partitions with the same position tie (their sample ids would collide too): positions
+    identify events within a flow.
+
     Window closing follows the shared event-time rules: the watermark after each event is
     the running maximum of ``ts`` (input order) minus ``lateness``; a window closes once the
     watermark reaches its end and emits its samples; an event whose window is already
     closed when it arrives is late, counted in :attr:`late` and ignored; :meth:`flush`
-    closes every open window.
-
-    Window ``k`` has the reservoir salt ``k`` (mod ``2**64``), so windows draw independent
-    random streams. The reservoirs' items are per-sampler sequence numbers (their random
-    choices depend only on each stratum's arrival order, not on the items), and the event
-    dicts are built only for sequence numbers that are in a sample after a batch: a batch
-    costs a few numpy passes plus dict building for the few newly sampled events. As
-    ``StratifiedReservoir.update`` equals sequential ``add`` calls, the samples do not depend
-    on batch boundaries. ``Sample.event`` holds the event's columns (its position is
-    ``Sample.position``); samples are emitted window by window, strata in order of first
-    appearance, items in reservoir slot order.
+    closes every open window. Samples are emitted window by window, strata sorted, events by
+    priority; ``Sample.event`` holds the event's columns (its position is ``Sample.position``).
     """
 
     def __init__(
@@ -177,7 +163,12 @@ class WindowSampler(Detector):
             raise ValueError(f"{name}: window length must be positive seconds, got {length!r}")
         if not (math.isfinite(lateness) and lateness >= 0):
             raise ValueError(f"{name}: lateness must be >= 0 seconds, got {lateness!r}")
-        StratifiedReservoir(k_per_stratum, seed)  # validate k and seed now, not at the first event
+        if (
+            isinstance(k_per_stratum, bool)
+            or not isinstance(k_per_stratum, int)
+            or not 1 <= k_per_stratum < 2**31
+        ):
+            raise ValueError(f"{name}: k_per_stratum must be an int in [1, 2**31), got {k_per_stratum!r}")
         self.flow = flow
         self.name = name
         self.length = float(length)
@@ -185,12 +176,12 @@ class WindowSampler(Detector):
         self.lateness = float(lateness)
         self.stratum = stratum if isinstance(stratum, StratumSpec) else StratumSpec(stratum)
         self.k_per_stratum = k_per_stratum
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.late = 0
         """Events dropped because their window had closed."""
         self._max_ts = -math.inf
-        self._seq = 0
-        self._windows: dict[int, _Window] = {}
+        # window -> stratum -> up to k (priority, position, event), smallest priorities
+        self._windows: dict[int, dict[str, list[tuple[int, int, dict[str, Any]]]]] = {}
 
     @property
     def watermark(self) -> float:
@@ -205,13 +196,63 @@ class WindowSampler(Detector):
     def _bounds(self, k: int) -> tuple[float, float]:
         return k * self.length + self.offset, (k + 1) * self.length + self.offset
 
+    def _on_time(self, ts: NDArray[np.float64], max_ts: float) -> tuple[NDArray[np.intp], float]:
+        """Rows not late after a running maximum that starts at ``max_ts``; the new maximum."""
+        running = np.maximum.accumulate(np.maximum(ts, max_ts))
+        end = (self._windows_of(ts) + 1) * self.length + self.offset
+        return np.flatnonzero(end > running - self.lateness), float(running[-1])
+
+    def _windows_of(self, ts: NDArray[np.float64]) -> NDArray[np.int64]:
+        return np.floor((ts - self.offset) / self.length).astype(np.int64)
+
+    def _priorities(self, positions: NDArray[np.int64], win: NDArray[np.int64]) -> NDArray[np.uint64]:
+        salt = fmix64(win.astype(np.uint64) ^ np.uint64(_WINDOW_SALT))
+        return fmix64(hash64_many(positions, self.seed) ^ salt)
+
+    def _bottom_k(
+        self, batch: EventBatch, rows: NDArray[np.intp], ts: NDArray[np.float64]
+    ) -> NDArray[np.intp]:
+        """Of ``rows``, those among the ``k`` smallest priorities of their window and stratum."""
+        if len(rows) <= self.k_per_stratum:
+            return rows
+        win = self._windows_of(ts[rows])
+        codes = _codes(self.stratum.strata(batch)[rows])
+        group = (win - win.min()) * (int(codes.max()) + 1) + codes  # (window, stratum) as one int
+        prio = self._priorities(batch.positions[rows], win)
+        order = np.argsort(group, kind="stable")
+        bounds = np.flatnonzero(np.diff(group[order])) + 1
+        chosen = []
+        for members in np.split(order, bounds):
+            if len(members) > self.k_per_stratum:
+                members = members[
+                    np.argpartition(prio[members], self.k_per_stratum - 1)[: self.k_per_stratum]
+                ]
+            chosen.append(members)
+        return np.sort(rows[np.concatenate(chosen)])
+
+    def preselect(self, batch: EventBatch) -> EventBatch:
+        """The events of ``batch`` that can be in a sample, in input order (see Notes).
+
+        A pure function of the batch and the sampler's parameters (not its state), run on
+        each worker before the global sampler: within the batch, the events of each window
+        and stratum with the ``k`` smallest priorities, and the event with the largest ``ts``
+        (it carries the watermark), all late events within the batch dropped. Feeding the
+        sampler the preselected batches gives exactly the samples of the whole batches.
+        """
+        if len(batch) == 0:
+            return batch
+        ts = np.asarray(batch["ts"], dtype=np.float64)
+        keep, _ = self._on_time(ts, -math.inf)
+        chosen = np.union1d(self._bottom_k(batch, keep, ts), [int(np.argmax(ts))])
+        return batch.take(chosen)
+
     def process(self, batch: EventBatch) -> list[Output]:
         """Sample a batch of events (input order); return the samples of windows it closes.
 
         Parameters
         ----------
         batch : EventBatch
-            Events with ``ts`` and the stratum column.
+            Events with ``ts`` and the stratum column (whole, or cut by :meth:`preselect`).
 
         Returns
         -------
@@ -221,52 +262,26 @@ class WindowSampler(Detector):
         if n == 0:
             return []
         ts = np.asarray(batch["ts"], dtype=np.float64)
-        running = np.maximum.accumulate(np.maximum(ts, self._max_ts))
-        watermark = running - self.lateness
-        win = np.floor((ts - self.offset) / self.length).astype(np.int64)
-        end = (win + 1) * self.length + self.offset
-        keep = np.flatnonzero(end > watermark)
+        keep, self._max_ts = self._on_time(ts, self._max_ts)
         self.late += n - len(keep)
-        self._max_ts = float(running[-1])
         if len(keep):
-            self._offer(batch, keep, win[keep])
+            self._offer(batch.take(self._bottom_k(batch, keep, ts)))
         return self._close(self.watermark)
 
     def flush(self) -> list[Output]:
         """Close every open window and return their samples."""
         return self._close(math.inf)
 
-    def _offer(self, batch: EventBatch, keep: NDArray[np.intp], win: NDArray[np.int64]) -> None:
-        strata = self.stratum.strata(batch)[keep]
-        seq0 = self._seq
-        seq = np.arange(seq0, seq0 + len(keep), dtype=np.int64)
-        self._seq += len(keep)
-        order = np.argsort(win, kind="stable")
-        cuts = np.flatnonzero(np.diff(win[order])) + 1
-        for idx in np.split(order, cuts):
-            k = int(win[idx[0]])
-            w = self._windows.get(k)
-            if w is None:
-                res = StratifiedReservoir(self.k_per_stratum, self.seed, salt=k & _MASK64)
-                w = self._windows[k] = _Window(res)
-            w.reservoir.update(seq[idx], strata[idx])
-            self._refresh(w, batch, keep, seq0)
-
-    def _refresh(self, w: _Window, batch: EventBatch, keep: NDArray[np.intp], seq0: int) -> None:
-        """Make ``w.events`` hold exactly the sampled sequence numbers' events."""
-        sampled = [s for items in w.reservoir.samples().values() for s in items]
-        live = set(sampled)
-        for s in [s for s in w.events if s not in live]:
-            del w.events[s]
-        new = np.array([s for s in sampled if s not in w.events], dtype=np.int64)
-        if not len(new):
-            return
-        rows = keep[new - seq0]
-        positions = batch.positions[rows].tolist()
-        names = list(batch.columns)
-        cols = [batch.columns[c][rows].tolist() for c in names]
-        for s, pos, values in zip(new.tolist(), positions, zip(*cols, strict=True), strict=True):
-            w.events[s] = (pos, dict(zip(names, values, strict=True)))
+    def _offer(self, batch: EventBatch) -> None:
+        win = self._windows_of(np.asarray(batch["ts"], dtype=np.float64))
+        prio = self._priorities(batch.positions, win).tolist()
+        strata = self.stratum.strata(batch).tolist()
+        events = zip(batch.positions.tolist(), batch.records(), strict=True)
+        for (pos, event), k, p, stratum in zip(events, win.tolist(), prio, strata, strict=True):
+            kept = self._windows.setdefault(k, {}).setdefault(str(stratum), [])
+            if len(kept) < self.k_per_stratum or p < kept[-1][0]:
+                bisect.insort(kept, (p, pos, event), key=_first)
+                del kept[self.k_per_stratum :]
 
     def _close(self, watermark: float) -> list[Output]:
         out: list[Output] = []
@@ -274,12 +289,26 @@ class WindowSampler(Detector):
             start, end = self._bounds(k)
             if end > watermark:
                 break
-            w = self._windows.pop(k)
-            for stratum, items in w.reservoir.samples().items():
-                for s in items:
-                    pos, event = w.events[s]
-                    out.append(Sample(self.flow, start, end, str(stratum), pos, event))
+            for stratum, kept in sorted(self._windows.pop(k).items()):
+                out.extend(Sample(self.flow, start, end, stratum, pos, event) for _, pos, event in kept)
         return out
+
+
+_WINDOW_SALT: Final = 0x5A17_C0DE_D0E5_CAFE
+
+
+def _first(item: tuple[int, int, dict[str, Any]]) -> int:
+    return item[0]
+
+
+def _codes(strata: NDArray[Any]) -> NDArray[np.int64]:
+    """Equal strata get equal int codes: by 64-bit hash (fast), checked, else by sorting."""
+    hashes = hash64_many(strata.tolist(), 0)
+    uniq, first, inv = np.unique(hashes, return_index=True, return_inverse=True)
+    codes = inv.reshape(-1).astype(np.int64)
+    if len(uniq) > 1 and not bool((strata[first][codes] == strata).all()):  # a collision
+        codes = np.unique(strata.astype(str), return_inverse=True)[1].reshape(-1).astype(np.int64)
+    return codes
 
 
 def sampler_for(flow: str, k_per_stratum: int = 20, seed: int = 0, lateness: float = 5.0) -> WindowSampler:

@@ -9,13 +9,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy.stats import chisquare  # type: ignore[import-untyped]
 
 from connectors.events import EventBatch, Sample
+from operators import sampling
 from operators.alerts import Alert
 from operators.detectors.decayed import DecayedMeanDetector
 from operators.runtime import Detector, Output
 from operators.sampling import FLOW_SAMPLING, StratumSpec, WindowSampler, sampler_for
-from sketches import DecayingAggregate, StratifiedReservoir
+from sketches import DecayingAggregate
+from sketches.hashing import fmix64, hash64
 
 T0 = 1767225600.0
 
@@ -218,10 +221,10 @@ def test_decayed_rejects_bad_parameters() -> None:
 # ---------------------------------------------------------------- WindowSampler
 
 
-def ddos_events(n: int, seed: int) -> EventBatch:
+def ddos_events(n: int, seed: int, stragglers: bool = True) -> EventBatch:
     rng = np.random.default_rng(seed)
     ts = T0 + np.arange(n) * 0.05 + rng.uniform(0.0, 2.0, n)
-    straggler = rng.random(n) < 0.01  # a few stragglers, some of them late
+    straggler = rng.random(n) < (0.01 if stragglers else 0.0)  # a few stragglers, some of them late
     ts[straggler] -= rng.uniform(5.0, 40.0, int(straggler.sum()))
     status = rng.choice([200, 201, 204, 301, 404, 500, 503], size=n, p=[0.6, 0.1, 0.1, 0.1, 0.07, 0.02, 0.01])
     ip = np.array([f"10.0.0.{i}" for i in rng.integers(0, 50, n).tolist()], dtype=object)
@@ -234,33 +237,75 @@ def sample_key(s: Output) -> tuple[float, float, str, int]:
     return (s.window_start, s.window_end, s.stratum, s.position)
 
 
-def test_sampler_matches_sequential_reservoirs() -> None:
+def reference_bottom_k(batch: EventBatch, length: float, k: int, seed: int) -> tuple[list[Any], int]:
+    """Sequential definition: the lateness rule event by event, then per window and stratum the
+    ``k`` events of smallest ``fmix64(hash64(position, seed) ^ fmix64(window ^ salt))``."""
+    wm, late = -math.inf, 0
+    groups: dict[tuple[int, str], list[tuple[int, int, dict[str, Any]]]] = {}
+    for rec, pos in zip(batch.records(), batch.positions.tolist(), strict=True):
+        wm = max(wm, rec["ts"] - 5.0)
+        w = math.floor(rec["ts"] / length)
+        if (w + 1) * length <= wm:
+            late += 1
+            continue
+        salt = int(fmix64(np.array([w ^ sampling._WINDOW_SALT], dtype=np.uint64))[0])
+        prio = int(fmix64(np.array([hash64(pos, seed) ^ salt], dtype=np.uint64))[0])
+        groups.setdefault((w, f"{rec['status'] // 100}xx"), []).append((prio, pos, rec))
+    want = [
+        (w * length, (w + 1) * length, s, pos, rec)
+        for (w, s), items in sorted(groups.items())
+        for _, pos, rec in sorted(items, key=lambda x: x[0])[:k]
+    ]
+    return want, late
+
+
+def test_sampler_matches_sequential_bottom_k() -> None:
     batch = ddos_events(5000, seed=1)
     sampler = WindowSampler("ddos", 30.0, StratumSpec("status", "status_class"), k_per_stratum=5, seed=7)
     got = run(sampler, [batch])
-    # Reference: sequential adds per window (same salt), with the same lateness rule.
-    wm = -math.inf
-    windows: dict[int, StratifiedReservoir] = {}
-    records = list(batch.records())
-    late = 0
-    for rec, pos in zip(records, batch.positions.tolist(), strict=True):
-        wm = max(wm, rec["ts"] - 5.0)
-        k = math.floor(rec["ts"] / 30.0)
-        if (k + 1) * 30.0 <= wm:
-            late += 1
-            continue
-        res = windows.setdefault(k, StratifiedReservoir(5, 7, salt=k))
-        res.add((pos, rec), f"{rec['status'] // 100}xx")
-    want = [
-        (k * 30.0, (k + 1) * 30.0, str(s), pos, rec)
-        for k in sorted(windows)
-        for s, items in windows[k].samples().items()
-        for pos, rec in items
-    ]
+    want, late = reference_bottom_k(batch, 30.0, 5, 7)
     assert late == sampler.late and late > 0  # the stragglers
     assert [(*sample_key(s), s.event) for s in got if isinstance(s, Sample)] == want
-    strata = {s.stratum for s in got if isinstance(s, Sample)}
-    assert strata == {"2xx", "3xx", "4xx", "5xx"}
+    assert {s.stratum for s in got if isinstance(s, Sample)} == {"2xx", "3xx", "4xx", "5xx"}
+
+
+@pytest.mark.parametrize("pieces", [1, 7, 300])
+def test_preselected_batches_give_the_same_samples(pieces: int) -> None:
+    batch = ddos_events(4000, seed=5)
+    whole = run(sampler_for("ddos", k_per_stratum=3, seed=2), [batch])
+    template = sampler_for("ddos", k_per_stratum=3, seed=2)
+    parts = [template.preselect(b) for b in random_splits(batch, pieces, pieces)] if pieces > 1 else [batch]
+    assert sum(len(p) for p in parts) < len(batch) or pieces == 1
+    assert run(sampler_for("ddos", k_per_stratum=3, seed=2), parts) == whole
+
+
+def test_samples_do_not_depend_on_arrival_order_within_a_window() -> None:
+    # Two workers' events (even and odd positions) arrive interleaved in 1-s chunks, in
+    # either order; no event is displaced by more than the lateness, so none is late.
+    batch = ddos_events(3000, seed=8, stragglers=False)
+    whole = sorted(map(sample_key, run(sampler_for("ddos", k_per_stratum=4), [batch])))
+    chunks = [
+        batch.take(np.arange(start + w, min(start + 40, 3000), 2))
+        for start in range(0, 3000, 40)
+        for w in (0, 1)
+    ]
+    swapped = [chunks[i ^ 1] for i in range(len(chunks))]
+    for parts in (chunks, swapped):
+        sampler = sampler_for("ddos", k_per_stratum=4)
+        assert sorted(map(sample_key, run(sampler, parts))) == whole and sampler.late == 0
+
+
+def test_sample_inclusion_is_uniform() -> None:
+    # 60 events in one window and stratum, k = 6: each kept with probability 1/10 over seeds
+    n, k, seeds = 60, 6, 2000
+    batch = EventBatch("iot", np.arange(n), {"zone": np.full(n, "z", dtype=object), "ts": np.zeros(n)})
+    counts = np.zeros(n)
+    for seed in range(seeds):
+        for s in run(WindowSampler("iot", 10.0, "zone", k_per_stratum=k, seed=seed), [batch]):
+            assert isinstance(s, Sample)
+            counts[s.position] += 1
+    assert counts.sum() == k * seeds
+    assert chisquare(counts).pvalue > 1e-3  # seeded: deterministic
 
 
 @pytest.mark.parametrize("seed", range(4))
