@@ -194,6 +194,32 @@ def test_generated_events_round_trip_one_partition(kafka_broker: TansuBroker) ->
     _assert_same_events(got, want)
 
 
+def test_source_partition_resumes_at_its_snapshot_offset(kafka_broker: TansuBroker) -> None:
+    topic = _topic("resume")
+    create_topic(kafka_broker.bootstrap, topic, 1)
+    produce_events("fraud", 3_000, 4, kafka_broker.bootstrap, topic)
+    source = kafka.KafkaEventSource("fraud", kafka_broker.bootstrap, topic, tail=False, batch_size=500)
+    assert source.list_parts() == [f"0-{topic}"]
+
+    def read(resume: int | None) -> tuple[list[int], int]:
+        part = source.build_part("source", f"0-{topic}", resume)
+        positions: list[int] = []
+        try:
+            while True:
+                for item in part.next_batch():
+                    assert isinstance(item, EventBatch) and len(item) <= 500
+                    positions.extend(item.positions.tolist())
+        except StopIteration:
+            return positions, part.snapshot()
+        finally:
+            part.close()
+
+    assert read(None) == (list(range(3_000)), 3_000)
+    assert read(1_234) == (list(range(1_234, 3_000)), 3_000)
+    with pytest.raises(RuntimeError, match="cannot resume"):
+        source.build_part("source", "0-other", None)
+
+
 def test_generated_events_round_trip_three_partitions(kafka_broker: TansuBroker) -> None:
     topic = _topic("fraud3")
     create_topic(kafka_broker.bootstrap, topic, 3)
