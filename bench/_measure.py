@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -105,6 +106,8 @@ BATCH = int(DEFAULTS["SKETCHWATCH_BATCH"])
 
 def _config(db: str, batch: int) -> Config:
     env = {"SKETCHWATCH_SINKS": f"sqlite:///{db}", "SKETCHWATCH_BATCH": str(batch)}
+    if "SKETCHWATCH_SHARDS" in os.environ:  # to compare shard counts; the default otherwise
+        env["SKETCHWATCH_SHARDS"] = os.environ["SKETCHWATCH_SHARDS"]
     return Config.from_env("fraud", env)
 
 

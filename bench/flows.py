@@ -18,7 +18,9 @@ e. alert latency at 100k events/s (paced source; per *batch*: batch emission to 
    write of its alerts; window alerts excluded).
 f. recovery cost: a without recovery; snapshot bytes per epoch.
 g. scale-out: 4 JSONL files (4 input partitions), 2 processes vs 1.
-h. Kafka: not measured (see the report).
+h. Kafka (tansu, started here) -> fraud flow -> Postgres (a throwaway cluster), events/s next to
+   the broker's own consume rate (a plain confluent-kafka consumer, no parsing) as the ceiling
+   (``bench._kafka``).
 """
 
 from __future__ import annotations
@@ -252,6 +254,15 @@ class Bench:
         r["g_speedup"] = r["g_2_processes"]["events_s"]["median"] / r["g_1_process"]["events_s"]["median"]
 
 
+    def kafka(self, events: int) -> None:
+        """h: tansu and Postgres started here; see ``bench._kafka``."""
+        from bench._kafka import kafka_measurement
+
+        workdir = self.fresh("kafka")
+        workdir.mkdir()
+        self.results["h_kafka"] = kafka_measurement(events, self.repeats, workdir)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -335,7 +346,11 @@ def report(r: dict[str, Any]) -> str:
         rows.append(("g 2 processes, 4 files", _fmt(r["g_2_processes"]["events_s"], m, "M/s"), ""))
         speedup = r["g_speedup"]
         rows.append(("g speed-up", f"{speedup:.2f}x", _check(speedup >= 1.6, speedup, 1.6)))
-    rows.append(("h Kafka", "not measured", ""))
+    if "h_kafka" in r:
+        k = r["h_kafka"]
+        rows.append(("h broker consume rate (ceiling)", _fmt(k["broker_consume_msgs_s"], m, "M/s"), ""))
+        rows.append(("h Kafka -> flow -> Postgres", _fmt(k["flow_events_s"], m, "M/s"), ""))
+        rows.append(("h flow / broker ceiling", f"{k['ratio_flow_to_broker']:.2f}x", ""))
     for name, error in r.get("errors", {}).items():
         rows.append((f"{name}", "FAILED", error[:80]))
     w = max(len(x[0]) for x in rows)
@@ -388,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             ("d memory", lambda: bench.memory(1_000_000, 100_000)),
             ("e latency", lambda: bench.latency(min(events, 500_000))),
             ("g scale-out", bench.scaleout),
+            ("h kafka", lambda: bench.kafka(min(events, 1_000_000))),
         ]
         for name, step in steps:
             t = time.perf_counter()
