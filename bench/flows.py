@@ -253,7 +253,6 @@ class Bench:
         r["g_2_processes"] = self.timed(two(paths), n, self.startup(two(empties)))
         r["g_speedup"] = r["g_2_processes"]["events_s"]["median"] / r["g_1_process"]["events_s"]["median"]
 
-
     def kafka(self, events: int) -> None:
         """h: tansu and Postgres started here; see ``bench._kafka``."""
         from bench._kafka import kafka_measurement

@@ -86,7 +86,7 @@ OURS: dict[str, Callable[[], Any]] = {
 
 
 def datasketches_peer(structure: str) -> Callable[[], Any] | None:
-    import datasketches as ds
+    import datasketches as ds  # type: ignore[import-untyped]
 
     peers: dict[str, Callable[[], Any]] = {
         "countmin": lambda: ds.count_min_sketch(CMS_DEPTH, CMS_WIDTH),
@@ -128,7 +128,7 @@ def bench_row(structure: str, kind: str, keys: dict[str, Any], repeats: int) -> 
 
 
 def ratios(row: dict[str, Any]) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for peer in ("datasketches", "pyprobables"):
         if peer in row:
             out[peer] = row["sketchwatch"]["median"] / row[peer]["median"]
