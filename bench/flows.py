@@ -17,7 +17,7 @@ d. peak RSS with 1M cards and 100k merchants (lazy generation, recovery on) and 
 e. alert latency at 100k events/s (paced source; per *batch*: batch emission to the SQLite
    write of its alerts; window alerts excluded).
 f. recovery cost: a without recovery; snapshot bytes per epoch.
-g. scale-out: 4 JSONL files (4 input partitions), 2 processes vs 1.
+g. scale-out: the events in 4 JSONL files by card (4 input partitions), 2 processes vs 1.
 h. Kafka (tansu, started here) -> fraud flow -> Postgres (a throwaway cluster), events/s next to
    the broker's own consume rate (a plain confluent-kafka consumer, no parsing) as the ceiling
    (``bench._kafka``).
@@ -36,12 +36,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from connectors.events import EventBatch
 from connectors.files import write_jsonl
 from connectors.generators import generator
 from recovery.store import init_store, inspect_store
+from sketches.hashing import hash64_many
 
 PY = sys.executable
 RESULTS = Path(__file__).parent / "results"
@@ -219,10 +224,11 @@ class Bench:
         }
 
     def scaleout(self) -> None:
-        """g: 4 files of N/4 events (seeds 7..10), 1 process vs 2 processes (1 worker each)."""
+        """g: the N events in 4 files by card (as a producer keyed by card fills 4 Kafka
+        partitions: each file spans the whole time range), 1 process vs 2 (1 worker each)."""
         paths = [str(self.tmp / f"part{i}.jsonl") for i in range(4)]
         for i, p in enumerate(paths):
-            write_jsonl(p, generator("fraud")(self.n // 4, 7 + i, 0, 10_000))
+            write_jsonl(p, _partition(generator("fraud")(self.n, 7, 0, 10_000), "card_id", i, 4))
         empties = [str(self.tmp / f"empty{i}.jsonl") for i in range(4)]
         for p in empties:
             Path(p).write_text("")
@@ -247,7 +253,7 @@ class Bench:
 
             return make
 
-        n = 4 * (self.n // 4)
+        n = self.n
         r = self.results
         r["g_1_process"] = self.timed(one(paths), n, self.startup(one(empties)))
         r["g_2_processes"] = self.timed(two(paths), n, self.startup(two(empties)))
@@ -260,6 +266,12 @@ class Bench:
         workdir = self.fresh("kafka")
         workdir.mkdir()
         self.results["h_kafka"] = kafka_measurement(events, self.repeats, workdir)
+
+
+def _partition(batches: Iterable[EventBatch], column: str, part: int, parts: int) -> Iterator[EventBatch]:
+    """The events of ``batches`` whose ``column`` hashes to ``part`` of ``parts``."""
+    for b in batches:
+        yield b.take(np.flatnonzero(hash64_many(b[column], 0) % np.uint64(parts) == np.uint64(part)))
 
 
 def _free_port() -> int:
