@@ -4,21 +4,36 @@ A detector that watches a million cards keeps one row per card in numpy columns 
 mean, a counter, a timestamp) instead of a million Python objects: lookups and updates are
 vectorised over a whole batch, and a snapshot pickles a handful of arrays. Idle entities
 (no event for ``idle_ttl`` seconds of event time) are evicted so state stays bounded.
+
+Memory. The rows are kept sorted by key, so the key column is also the lookup index (a
+binary search): a row costs its key (8 bytes) plus its columns, with no spare capacity and
+no second index. Inserting keys or evicting rows rebuilds the columns at their exact new
+length, one column at a time. A table whose rows already hold each entity's latest event
+time can name that column its ``clock`` instead of keeping a separate last-seen column.
+A pickled table stores each column in the smallest of a few exact encodings (integers in
+the narrowest dtype that holds them; columns mostly equal to their default or to another
+column as a bitmap of the rows that differ plus their values), so a snapshot is often much
+smaller than the live table; unpickling restores every value bit for bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 __all__ = ["EntityTable"]
 
+_LAST_SEEN: Final = "\x00last_seen"
+"""Internal column name of the last-seen times of a table without a ``clock`` column."""
+
+_STATE_VERSION: Final = 2
+
 
 class EntityTable:
-    """Rows of per-entity state, addressed by entity key hash (uint64).
+    """Rows of per-entity state, addressed by entity key hash (uint64), sorted by key.
 
     Parameters
     ----------
@@ -26,6 +41,16 @@ class EntityTable:
         The per-entity state columns and the value a new entity starts with.
     idle_ttl : float
         Seconds of event time after its last event at which :meth:`evict` drops an entity.
+    clock : str, optional
+        A float64 column of ``columns`` that holds each entity's latest event time, kept up
+        to date by the caller; :meth:`evict` compares it with ``now - idle_ttl``. Without
+        it, the table keeps its own last-seen column, advanced by the ``ts`` of :meth:`rows`.
+
+    Notes
+    -----
+    Rows are positions in key order: inserting new keys (:meth:`rows`) or evicting shifts
+    them, so a row index is valid until the next call that inserts or evicts, and a column
+    array (``table[name]``) until then as well. Fetch both after the last such call.
 
     Examples
     --------
@@ -35,119 +60,294 @@ class EntityTable:
     >>> rows.tolist()
     [0, 1, 0]
     >>> np.add.at(table["count"], rows, 1)
-    >>> table["count"][table.rows(np.array([7], dtype=np.uint64), np.array([3.0]))].tolist()
+    >>> rows = table.rows(np.array([7], dtype=np.uint64), np.array([3.0]))
+    >>> table["count"][rows].tolist()
     [2]
     >>> table.evict(now=62.5), len(table)
     (1, 1)
+    >>> timed = EntityTable({"prev_ts": (np.float64, -np.inf)}, idle_ttl=10.0, clock="prev_ts")
+    >>> rows = timed.rows(np.array([5, 3], dtype=np.uint64))
+    >>> timed["prev_ts"][rows] = [100.0, 80.0]
+    >>> timed.evict(now=95.0), timed.keys.tolist()
+    (1, [5])
     """
 
-    def __init__(self, columns: Mapping[str, tuple[DTypeLike, Any]], idle_ttl: float) -> None:
+    def __init__(
+        self, columns: Mapping[str, tuple[DTypeLike, Any]], idle_ttl: float, clock: str | None = None
+    ) -> None:
         if not idle_ttl > 0:
             raise ValueError(f"idle_ttl must be positive seconds, got {idle_ttl!r}")
         self.idle_ttl = float(idle_ttl)
-        self._spec = {name: (np.dtype(dtype), default) for name, (dtype, default) in columns.items()}
-        self._keys = np.zeros(0, dtype=np.uint64)  # sorted
-        self._key_rows = np.zeros(0, dtype=np.intp)  # row of each sorted key
-        self._row_keys = np.zeros(0, dtype=np.uint64)  # key of each row
-        self._last_seen = np.zeros(0, dtype=np.float64)
-        self._cols: dict[str, NDArray[Any]] = {n: np.zeros(0, dtype=d) for n, (d, _) in self._spec.items()}
-        self._size = 0
+        spec = {name: (np.dtype(dtype), default) for name, (dtype, default) in columns.items()}
+        if _LAST_SEEN in spec:
+            raise ValueError(f"column name {_LAST_SEEN!r} is reserved")
+        self._spec = spec
+        self._clock: str | None = None
+        self._keys: NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)  # sorted: row i has key i
+        self._cols: dict[str, NDArray[Any]] = {n: np.zeros(0, dtype=d) for n, (d, _) in spec.items()}
+        if clock is None:
+            self._spec[_LAST_SEEN] = (np.dtype(np.float64), -np.inf)
+            self._cols[_LAST_SEEN] = np.zeros(0, dtype=np.float64)
+        else:
+            self.use_clock(clock)
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._keys)
 
     def __getitem__(self, name: str) -> NDArray[Any]:
-        """The column ``name`` (a view of the live rows; write through it)."""
-        return self._cols[name][: self._size]
+        """The column ``name`` (one value per row; write through it)."""
+        if name == _LAST_SEEN:
+            raise KeyError(name)
+        return self._cols[name]
+
+    @property
+    def columns(self) -> list[str]:
+        """Names of the state columns (as given)."""
+        return [n for n in self._spec if n != _LAST_SEEN]
+
+    @property
+    def clock(self) -> str | None:
+        """The column :meth:`evict` reads, or None when the table keeps its own last-seen times."""
+        return self._clock
 
     @property
     def keys(self) -> NDArray[np.uint64]:
-        """Entity key of each row."""
-        return self._row_keys[: self._size]
+        """Entity key of each row (ascending)."""
+        return self._keys
 
     @property
     def last_seen(self) -> NDArray[np.float64]:
-        return self._last_seen[: self._size]
+        """Latest event time of each row: the ``clock`` column, or the table's own column."""
+        return self._cols[self._clock if self._clock is not None else _LAST_SEEN]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the live state (keys and every column)."""
+        return int(self._keys.nbytes + sum(c.nbytes for c in self._cols.values()))
+
+    def use_clock(self, name: str) -> None:
+        """Make column ``name`` (float64, each entity's latest event time) the eviction clock,
+        dropping the table's own last-seen column."""
+        if name not in self._spec or name == _LAST_SEEN or self._spec[name][0] != np.float64:
+            raise ValueError(f"clock must name a float64 column, got {name!r}")
+        self._clock = name
+        self._spec.pop(_LAST_SEEN, None)
+        self._cols.pop(_LAST_SEEN, None)
+
+    def widen(self, name: str, dtype: DTypeLike) -> None:
+        """Store column ``name`` as ``dtype`` from now on (its values converted; for a counter
+        kept narrow until a value would overflow it)."""
+        if name not in self._spec or name == _LAST_SEEN:
+            raise KeyError(name)
+        dt = np.dtype(dtype)
+        self._spec[name] = (dt, self._spec[name][1])
+        self._cols[name] = self._cols[name].astype(dt)
 
     def rows(self, keys: NDArray[np.uint64], ts: NDArray[np.float64] | None = None) -> NDArray[np.intp]:
-        """Row of each key, inserting unknown keys with their defaults; ``ts`` refreshes last-seen."""
+        """Row of each key, inserting unknown keys with their defaults; ``ts`` refreshes last-seen
+        (tables without a ``clock`` column only)."""
+        if ts is not None and self._clock is not None:
+            raise ValueError(f"this table's clock is column {self._clock!r}: update it, pass no ts")
+        keys = np.asarray(keys, dtype=np.uint64)
         if len(keys) == 0:
             return np.zeros(0, dtype=np.intp)
-        pos = np.searchsorted(self._keys, keys)
-        found = pos < len(self._keys)
-        found[found] = self._keys[pos[found]] == keys[found]
-        if not found.all():
-            self._insert(np.unique(keys[~found]))
-            pos = np.searchsorted(self._keys, keys)
-        rows = self._key_rows[pos]
+        n = len(self._keys)
+        pos: NDArray[np.intp] = np.searchsorted(self._keys, keys)
+        if n:
+            found = self._keys[np.minimum(pos, n - 1)] == keys
+            missing = None if found.all() else ~found
+        else:
+            missing = np.ones(len(keys), dtype=np.bool_)
+        # distinct and sorted (a batch's distinct keys, the common case)
+        ascending = (missing is None and ts is None) or len(keys) == 1 or bool(np.all(keys[1:] > keys[:-1]))
+        if missing is not None:
+            if ascending:  # no second search
+                self._insert(keys[missing], pos[missing])
+                # a key's new row: old keys below it (pos) plus missing keys below it
+                before = np.cumsum(missing)
+                before -= missing
+                pos += before
+            else:
+                new_keys = np.unique(keys[missing])
+                self._insert(new_keys, np.searchsorted(self._keys, new_keys))
+                pos += np.searchsorted(new_keys, keys)
         if ts is not None:
-            np.maximum.at(self._last_seen, rows, ts)
-        return rows
+            seen = self._cols[_LAST_SEEN]
+            ts = np.asarray(ts, dtype=np.float64)
+            if ascending:  # distinct rows
+                seen[pos] = np.maximum(seen[pos], ts)
+            else:
+                np.maximum.at(seen, pos, ts)
+        return pos
 
     def find(self, keys: NDArray[np.uint64]) -> NDArray[np.intp]:
         """Row of each key, or -1 for keys not in the table (never inserts)."""
-        pos = np.minimum(np.searchsorted(self._keys, keys), max(len(self._keys) - 1, 0))
-        hit = (self._keys[pos] == keys) if len(self._keys) else np.zeros(len(keys), dtype=np.bool_)
-        return np.where(hit, self._key_rows[pos] if len(self._keys) else -1, -1).astype(np.intp)
+        keys = np.asarray(keys, dtype=np.uint64)
+        n = len(self._keys)
+        if n == 0:
+            return np.full(len(keys), -1, dtype=np.intp)
+        pos: NDArray[np.intp] = np.searchsorted(self._keys, keys)
+        np.minimum(pos, n - 1, out=pos)
+        pos[self._keys[pos] != keys] = -1
+        return pos
 
-    def _insert(self, new_keys: NDArray[np.uint64]) -> None:
-        start, end = self._size, self._size + len(new_keys)
-        self._reserve(end)
-        self._row_keys[start:end] = new_keys
-        self._last_seen[start:end] = -np.inf
-        for name, (_, default) in self._spec.items():
-            self._cols[name][start:end] = default
-        self._size = end
-        self._reindex()
-
-    def _reserve(self, n: int) -> None:
-        if n <= len(self._row_keys):
+    def _insert(self, new_keys: NDArray[np.uint64], before: NDArray[np.intp]) -> None:
+        """Insert sorted distinct keys not in the table, with the columns' defaults (``before``:
+        each one's insertion point among the current keys)."""
+        n, k = len(self._keys), len(new_keys)
+        if n == 0:
+            self._keys = new_keys.copy()
+            self._cols = {
+                name: np.full(k, self._spec[name][1], dtype=c.dtype) for name, c in self._cols.items()
+            }
             return
-        cap = max(n, 2 * len(self._row_keys), 64)
-        self._row_keys = _grow(self._row_keys, cap)
-        self._last_seen = _grow(self._last_seen, cap)
-        self._cols = {name: _grow(col, cap) for name, col in self._cols.items()}
-
-    def _reindex(self) -> None:
-        live = self._row_keys[: self._size]
-        order = np.argsort(live, kind="stable")
-        self._keys = live[order]
-        self._key_rows = order.astype(np.intp)
+        at = before + np.arange(k)  # rows of the new keys
+        old = np.ones(n + k, dtype=np.bool_)
+        old[at] = False
+        src = np.zeros(n + k, dtype=np.intp)  # row of the old table each new row copies
+        src[old] = np.arange(n)
+        keys = self._keys.take(src)
+        keys[at] = new_keys
+        self._keys = keys
+        for name in list(self._cols):
+            col = self._cols[name].take(src)  # one column at a time: one transient copy
+            col[at] = self._spec[name][1]
+            self._cols[name] = col
 
     def evict(self, now: float) -> int:
         """Drop entities last seen before ``now - idle_ttl``; returns how many were dropped."""
-        keep = self._last_seen[: self._size] >= now - self.idle_ttl
-        dropped = int(self._size - keep.sum())
+        return self._keep(self.last_seen >= now - self.idle_ttl)
+
+    def drop(self, rows: NDArray[np.bool_]) -> int:
+        """Drop the rows where ``rows`` (a boolean mask over all rows) is true; returns how many."""
+        rows = np.asarray(rows, dtype=np.bool_)
+        if rows.shape != self._keys.shape:
+            raise ValueError(f"drop needs a mask of {len(self._keys)} rows, got shape {rows.shape}")
+        return self._keep(~rows)
+
+    def _keep(self, keep: NDArray[np.bool_]) -> int:
+        dropped = len(self._keys) - int(np.count_nonzero(keep))
         if dropped:
-            self._row_keys = self._row_keys[: self._size][keep].copy()
-            self._last_seen = self._last_seen[: self._size][keep].copy()
-            self._cols = {n: c[: self._size][keep].copy() for n, c in self._cols.items()}
-            self._size = len(self._row_keys)
-            self._reindex()
+            self._keys = self._keys[keep]
+            for name in list(self._cols):
+                self._cols[name] = self._cols[name][keep]
         return dropped
 
+    # -- pickling -------------------------------------------------------------------------------
+
     def __getstate__(self) -> dict[str, Any]:
-        # Only live rows: a snapshot never carries the spare capacity.
-        n = self._size
+        # Each column in its smallest exact encoding (see _pack); the keys as they are.
+        packed: dict[str, tuple[Any, ...]] = {}
+        for name in self._cols:
+            packed[name] = _pack(self._cols[name], self._spec[name][1], self._cols, packed)
         return {
+            "version": _STATE_VERSION,
             "idle_ttl": self.idle_ttl,
+            "clock": self._clock,
             "spec": {k: (d.str, v) for k, (d, v) in self._spec.items()},
-            "keys": self._row_keys[:n].copy(),
-            "last_seen": self._last_seen[:n].copy(),
-            "cols": {k: c[:n].copy() for k, c in self._cols.items()},
+            "keys": self._keys,
+            "cols": packed,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.idle_ttl = state["idle_ttl"]
         self._spec = {k: (np.dtype(d), v) for k, (d, v) in state["spec"].items()}
-        self._row_keys = state["keys"]
-        self._last_seen = state["last_seen"]
-        self._cols = state["cols"]
-        self._size = len(self._row_keys)
-        self._reindex()
+        if state.get("version") != _STATE_VERSION:
+            self._setstate_v1(state)
+            return
+        self._clock = state["clock"]
+        keys = np.asarray(state["keys"], dtype=np.uint64)
+        self._keys = keys
+        self._cols = {}
+        for name, enc in state["cols"].items():
+            self._cols[name] = _unpack(enc, len(keys), self._spec[name], self._cols)
+
+    def _setstate_v1(self, state: dict[str, Any]) -> None:
+        """A table pickled before version 2: rows in insertion order, an own last-seen column."""
+        keys = np.asarray(state["keys"], dtype=np.uint64)
+        order = np.argsort(keys, kind="stable")
+        self._clock = None
+        self._keys = keys[order]
+        self._cols = {k: np.asarray(c)[order] for k, c in state["cols"].items()}
+        self._spec[_LAST_SEEN] = (np.dtype(np.float64), -np.inf)
+        self._cols[_LAST_SEEN] = np.asarray(state["last_seen"], dtype=np.float64)[order]
 
 
-def _grow(arr: NDArray[Any], cap: int) -> NDArray[Any]:
-    out = np.zeros(cap, dtype=arr.dtype)
-    out[: len(arr)] = arr
+# -- compact column encodings -------------------------------------------------------------------
+#
+# ("full", values)               every value; integers in the narrowest dtype holding them
+# ("like", base, bits, values)   the rows where the column differs (bit for bit) from ``base``,
+#                                a packed bitmap, and their values (integers narrowed); ``base``
+#                                is ("default",), ("value", one-element array) or ("column", name)
+#                                of a column encoded before
+
+
+def _bits_view(a: NDArray[Any]) -> NDArray[Any]:
+    """``a`` as unsigned integers of its item size (bit-for-bit comparison: NaN == NaN, -0.0 != 0.0)."""
+    return a.view(np.dtype(f"u{a.dtype.itemsize}"))
+
+
+def _narrow(values: NDArray[Any]) -> NDArray[Any]:
+    """Integers in the narrowest integer dtype holding them all (others unchanged)."""
+    if values.dtype.kind not in "iu" or len(values) == 0:
+        return values
+    lo, hi = int(values.min()), int(values.max())
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32):
+        info = np.iinfo(dtype)
+        if info.bits >= values.dtype.itemsize * 8:
+            break
+        if info.min <= lo and hi <= info.max:
+            return values.astype(dtype)
+    return values
+
+
+def _pack(
+    col: NDArray[Any], default: Any, cols: Mapping[str, NDArray[Any]], done: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """The smallest exact encoding of ``col`` (``done``: columns encoded before it)."""
+    full = _narrow(col)
+    best: tuple[Any, ...] = ("full", full)
+    if col.dtype.kind not in "biuf" or len(col) == 0:
+        return best
+    size = full.nbytes
+    bitmap = (len(col) + 7) // 8
+    view = _bits_view(col)
+    bases: list[tuple[tuple[Any, ...], NDArray[Any]]] = [(("default",), np.full(1, default, dtype=col.dtype))]
+    for i in sorted({0, len(col) // 2}):  # a column mostly holding one value (sampled at two rows)
+        if not any(b.shape == (1,) and _bits_view(b)[0] == view[i] for _, b in bases):
+            bases.append((("value", col[i : i + 1].copy()), col[i : i + 1]))
+    bases += [(("column", name), cols[name]) for name in done if cols[name].dtype == col.dtype]
+    least = 1 if col.dtype.kind in "iu" else col.dtype.itemsize  # bytes per value at best
+    for base, arr in bases:
+        differs = view != _bits_view(arr)
+        nnz = int(np.count_nonzero(differs))
+        if bitmap + nnz * least >= size:  # cannot win even with narrowed values
+            continue
+        values = _narrow(col[differs])
+        if bitmap + values.nbytes < size:
+            size = bitmap + values.nbytes
+            best = ("like", base, np.packbits(differs), values)
+    return best
+
+
+def _unpack(
+    enc: tuple[Any, ...], n: int, spec: tuple[np.dtype[Any], Any], cols: Mapping[str, NDArray[Any]]
+) -> NDArray[Any]:
+    dtype, default = spec
+    if enc[0] == "full":
+        out: NDArray[Any] = np.asarray(enc[1]).astype(dtype)
+    elif enc[0] == "like":
+        _, base, bits, values = enc
+        if base[0] == "default":
+            out = np.full(n, default, dtype=dtype)
+        elif base[0] == "value":
+            out = np.full(n, np.asarray(base[1]).astype(dtype)[0], dtype=dtype)
+        else:
+            out = cols[base[1]].astype(dtype)  # a copy
+        differs = np.unpackbits(bits, count=n).view(np.bool_)
+        out[differs] = np.asarray(values).astype(dtype)
+    else:
+        raise ValueError(f"unknown EntityTable column encoding {enc[0]!r}")
+    if len(out) != n:
+        raise ValueError(f"EntityTable column has {len(out)} rows, expected {n}")
     return out

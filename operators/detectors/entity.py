@@ -4,16 +4,16 @@ Every detector here is an *event* detector: it looks at each event of its shard,
 order, against the state its entity had just before that event, and alerts on the event itself
 (``event_ts`` = the event's ``ts``, ``trigger`` = ``str(position)``, no window).
 
-============================  ===============================  ==========================================
+============================  ===============================  ============================================
 class                         used for (flow: detector)        state per shard
-============================  ===============================  ==========================================
+============================  ===============================  ============================================
 :class:`DuplicateDetector`    fraud: duplicate_tx,             one :class:`sketches.AgingBloomFilter`
                               iot: duplicate_payload
-:class:`OutlierDetector`      fraud: amount_outlier            :class:`EntityTable` (decayed mean/var)
-:class:`VelocityDetector`     fraud: card_velocity             DGIM per entity (DGIMTable rows)
-:class:`BreachDetector`       iot: threshold_breaches          DGIM per entity (DGIMTable rows)
+:class:`OutlierDetector`      fraud: amount_outlier            two :class:`EntityTable` (decayed mean/var)
+:class:`VelocityDetector`     fraud: card_velocity             DGIM per entity (two EntityTables)
+:class:`BreachDetector`       iot: threshold_breaches          DGIM per entity (two EntityTables)
 :class:`StuckDetector`        iot: stuck_sensor                :class:`EntityTable` (last value, run)
-============================  ===============================  ==========================================
+============================  ===============================  ============================================
 
 Batch-boundary invariance. Each batch is grouped by entity with a *stable* sort of the entity
 key hashes, so an entity's events stay in input order; per-event quantities that depend on
@@ -24,10 +24,13 @@ Idle entities. The shard clock at an event is the largest ``ts`` the shard has s
 including it (input order). An entity whose previous event (in input order) lies more than
 ``idle_ttl`` seconds before the shard clock *at its next event* starts afresh at that event, as
 if never seen. Eviction at the end of a batch drops only entities that this rule would reset
-at their next event, so eviction bounds memory without making alerts depend on where batches
-are cut. The EntityTable detectors evict after every batch; the DGIM detectors sweep their dict
-whenever the shard clock has advanced by ``idle_ttl / 16`` since the last sweep, so they hold
-no entity idle longer than about ``17 / 16 * idle_ttl``.
+at their next event (previous event more than ``idle_ttl`` before the shard clock *now*: the
+clock only grows), so eviction bounds memory without making alerts depend on where batches
+are cut. An entity's previous event time is a column of its table (``prev_ts``), which is
+also the table's eviction clock: no separate last-seen column. The OutlierDetector and
+StuckDetector evict after every batch; the DGIM detectors sweep their state whenever the
+shard clock has advanced by ``idle_ttl / 16`` since the last sweep, so they hold no entity
+idle longer than about ``17 / 16 * idle_ttl``.
 
 >>> import numpy as np
 >>> from connectors.events import EventBatch
@@ -116,8 +119,10 @@ def _int_at_least(name: str, value: int, low: int) -> int:
     return int(value)
 
 
-def _entity_keys(column: NDArray[Any]) -> KeyArray:
-    return hash64_many(column, _ENTITY_SEED)
+def _entity_keys(batch: EventBatch, column: str) -> KeyArray:
+    """The entity key hashes of ``batch[column]``, memoised on the batch: the detectors keyed by
+    one column (fraud: amount_outlier and card_velocity) share one sub-batch, so hash it once."""
+    return batch.key_hashes(column, _ENTITY_SEED)
 
 
 def _timestamps(batch: EventBatch) -> FloatArray:
@@ -330,18 +335,74 @@ class DuplicateDetector(Detector):
 
 # -- amount outliers ----------------------------------------------------------------------------
 
+_OUTLIER_COLUMNS: Final[dict[str, tuple[Any, Any]]] = {
+    "prev_ts": (np.float64, -math.inf),
+    "mean": (np.float64, 0.0),
+}
+"""OutlierDetector state of every entity: previous event time (the eviction clock) and decayed
+mean of the log values."""
+
+_HISTORY_COLUMNS: Final[dict[str, tuple[Any, Any]]] = {
+    "weight": (np.float64, 1.0),
+    "m2": (np.float64, 0.0),
+    "ref": (np.float64, -math.inf),
+    "count": (np.uint32, 1),  # widened to int64 if a count ever passes 2**32 - 1
+}
+"""OutlierDetector state of the entities with more than one event since they (re)started: decayed
+weight, decayed sum of squared deviations, reference time and count. An entity without a row here
+is in the state one event leaves: weight 1.0, m2 0.0, reference time = its previous event time,
+count 1 (exactly the values a first event computes)."""
+
+_ONE_BITS: Final = np.array([1.0]).view(np.uint64)[0]
+
+
+def _single_event(
+    weight: FloatArray, m2: FloatArray, ref: FloatArray, prev_ts: FloatArray, count: NDArray[Any]
+) -> BoolArray:
+    """Where the state is bit for bit the single-event one (``1.0, 0.0, prev_ts, 1``)."""
+    same: BoolArray = (
+        (weight.view(np.uint64) == _ONE_BITS)
+        & (m2.view(np.uint64) == 0)
+        & (ref.view(np.uint64) == prev_ts.view(np.uint64))
+        & (count == 1)
+    )
+    return same
+
+
+def _split_outlier_table(old: EntityTable, idle_ttl: float) -> tuple[EntityTable, EntityTable]:
+    """The two tables of an OutlierDetector pickled with one table of every column."""
+    table = EntityTable(_OUTLIER_COLUMNS, idle_ttl=idle_ttl, clock="prev_ts")
+    rows = table.rows(old.keys)
+    table["prev_ts"][rows] = old["prev_ts"]
+    table["mean"][rows] = old["mean"]
+    history = EntityTable(_HISTORY_COLUMNS, idle_ttl=idle_ttl, clock="ref")
+    count = old["count"]
+    keep = ~_single_event(old["weight"], old["m2"], old["ref"], old["prev_ts"], count)
+    if len(count) and count.max() > np.iinfo(np.uint32).max:
+        history.widen("count", np.int64)
+    rows = history.rows(old.keys[keep])
+    for name in _HISTORY_COLUMNS:
+        history[name][rows] = old[name][keep]
+    return table, history
+
 
 class OutlierDetector(Detector):
     """An entity's value far above its own decayed history, on a log scale (fraud ``amount_outlier``).
 
-    Per entity (card) an :class:`~operators.entities.EntityTable` row keeps the decayed weight,
-    mean and ``M2`` of ``log(value)`` with the weights of :class:`sketches.DecayingAggregate`:
-    an event at ``t`` weighs ``exp(-ln2 (T - t) / half_life)`` at the entity's reference time
-    ``T`` (its latest event time), plus the exact number of events folded in. Each event is
-    compared with the state *before* it (which includes earlier events of the same entity in
-    the same batch), then folded in, outliers included. An out-of-order event (``ts`` before
-    the entity's reference time) is folded in with its weight below 1, like
-    ``DecayingAggregate``.
+    Per entity (card) the state keeps the decayed weight, mean and ``M2`` of ``log(value)``
+    with the weights of :class:`sketches.DecayingAggregate`: an event at ``t`` weighs
+    ``exp(-ln2 (T - t) / half_life)`` at the entity's reference time ``T`` (its latest event
+    time), plus the exact number of events folded in. Each event is compared with the state
+    *before* it (which includes earlier events of the same entity in the same batch), then
+    folded in, outliers included. An out-of-order event (``ts`` before the entity's reference
+    time) is folded in with its weight below 1, like ``DecayingAggregate``.
+
+    Memory: two :class:`~operators.entities.EntityTable` s. ``table`` holds every entity's
+    previous event time and mean (24 bytes with its key); ``history`` holds weight, ``M2``,
+    reference time and count (uint32 until a count needs more) only for the entities whose
+    state differs from the one a single event leaves (weight 1, ``M2`` 0, reference time =
+    previous event time, count 1): seen once since they (re)started, an entity costs no
+    ``history`` row, and the values read for it are exactly the ones that row would hold.
 
     Alert when all hold: ``prior >= min_history`` (exact count of prior events since the
     entity's state began), ``z = (log(value) - mean) / sd >= z`` and
@@ -413,22 +474,20 @@ class OutlierDetector(Detector):
         self.idle_ttl = _positive("idle_ttl", idle_ttl)
         self._rate = _LN2 / self.half_life
         self._clock = -math.inf
-        self.table = EntityTable(
-            {
-                "weight": (np.float64, 0.0),
-                "mean": (np.float64, 0.0),
-                "m2": (np.float64, 0.0),
-                "ref": (np.float64, -math.inf),
-                "count": (np.int64, 0),
-                "prev_ts": (np.float64, -math.inf),
-            },
-            idle_ttl=self.idle_ttl,
-        )
+        self._swept = -math.inf  # shard clock at the last sweep of ``history``
+        self.table = EntityTable(_OUTLIER_COLUMNS, idle_ttl=self.idle_ttl, clock="prev_ts")
+        self.history = EntityTable(_HISTORY_COLUMNS, idle_ttl=self.idle_ttl, clock="ref")
 
     @property
     def n_entities(self) -> int:
         """Entities currently held in state."""
         return len(self.table)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "history" not in state:  # a snapshot from before the history table: split its table
+            self._swept = -math.inf
+            self.table, self.history = _split_outlier_table(state["table"], self.idle_ttl)
 
     def process(self, batch: EventBatch) -> list[Output]:
         values = np.asarray(batch[self.value_column], dtype=np.float64)
@@ -440,7 +499,43 @@ class OutlierDetector(Detector):
         self._process(batch, np.log(values), ts, out)
         if len(batch):
             self.table.evict(self._clock)
+            # ref >= prev_ts: these entities just left ``table`` too
+            self.history.evict(self._clock)
+            if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
+                self._swept = self._clock
+                self._sweep_history()
         return out
+
+    def _sweep_history(self) -> None:
+        """Drop the history rows that are not needed: entities no longer in ``table`` (evicted
+        with a reference time after their previous event) and entities whose state is back to
+        the single-event one (a reset, then one event). Neither changes a result: a row of an
+        entity not in ``table`` is never read (its next event resets it) and is overwritten."""
+        hist = self.history
+        rows = self.table.find(hist.keys)
+        gone = rows < 0
+        prev_ts = self.table["prev_ts"][np.where(gone, 0, rows)] if len(self.table) else hist["ref"]
+        hist.drop(gone | _single_event(hist["weight"], hist["m2"], hist["ref"], prev_ts, hist["count"]))
+
+    def _stored(
+        self, keys: KeyArray, prev_ts: FloatArray
+    ) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray, NDArray[Any]]:
+        """Per entity (``keys``): the ones with a history row (indices into ``keys``) and their
+        rows, then everyone's weight, m2, reference time and count (the single-event state
+        ``1.0, 0.0, prev_ts, 1`` without a history row)."""
+        hist = self.history
+        hrows = hist.find(keys)
+        found = np.flatnonzero(hrows >= 0)
+        hrows = hrows[found]
+        weight = np.ones(len(keys))
+        weight[found] = hist["weight"][hrows]
+        m2 = np.zeros(len(keys))
+        m2[found] = hist["m2"][hrows]
+        ref = prev_ts.copy()
+        ref[found] = hist["ref"][hrows]
+        count = np.ones(len(keys), dtype=hist["count"].dtype)
+        count[found] = hist["count"][hrows]
+        return found, hrows, weight, m2, ref, count
 
     def _process(self, batch: EventBatch, lv: FloatArray, ts: FloatArray, out: list[Output]) -> None:
         n = len(ts)
@@ -451,30 +546,33 @@ class OutlierDetector(Detector):
             self._process(batch.take(np.arange(half)), lv[:half], ts[:half], out)
             self._process(batch.take(np.arange(half, n)), lv[half:], ts[half:], out)
             return
-        g = _Groups(_entity_keys(batch[self.entity_column]))
+        g = _Groups(_entity_keys(batch, self.entity_column))
         order = g.order
         sts, slv = ts[order], lv[order]
         clock = _shard_clock(ts, self._clock)[order]
         self._clock = float(clock.max())
         table = self.table
-        rows_g = table.rows(g.unique_keys)  # new entities get the defaults (prev_ts = -inf)
-        prev = _previous(sts, g, table["prev_ts"][rows_g])
+        keys = g.unique_keys
+        rows_g = table.rows(keys)  # new entities get the defaults (prev_ts = -inf)
+        stored_ts = table["prev_ts"][rows_g]
+        prev = _previous(sts, g, stored_ts)
         reset = prev < clock - self.idle_ttl
+        in_history, hist_rows, st_weight, st_m2, st_ref, st_count = self._stored(keys, stored_ts)
 
         # segments: runs of an entity's events sharing one history (a reset starts a new one)
         seg_start = g.first | reset
         ss = np.flatnonzero(seg_start)
         seg = np.cumsum(seg_start) - 1
         applies = ~reset[ss]  # the stored state is the segment's prior (only at a group's first)
-        rows_s = rows_g[g.gid[ss]]
-        ref0 = np.where(applies, table["ref"][rows_s], -np.inf)
+        gs = g.gid[ss]
+        ref0 = np.where(applies, st_ref[gs], -np.inf)
         ref_t = np.maximum(np.maximum.reduceat(sts, ss), ref0)
         with np.errstate(invalid="ignore", over="ignore"):
             decay0 = np.where(applies, np.exp(-self._rate * (ref_t - ref0)), 0.0)
-        w0 = np.where(applies, table["weight"][rows_s], 0.0) * decay0
-        m20 = np.where(applies, table["m2"][rows_s], 0.0) * decay0
-        center = np.where(applies & (w0 > 0), table["mean"][rows_s], slv[ss])
-        count0 = np.where(applies, table["count"][rows_s], 0)
+        w0 = np.where(applies, st_weight[gs], 0.0) * decay0
+        m20 = np.where(applies, st_m2[gs], 0.0) * decay0
+        center = np.where(applies & (w0 > 0), table["mean"][rows_g[gs]], slv[ss])
+        count0 = np.where(applies, st_count[gs], 0)
 
         w = np.exp(-self._rate * (ref_t[seg] - sts))
         u = slv - center[seg]
@@ -495,13 +593,26 @@ class OutlierDetector(Detector):
         last = g.ends - 1
         ls = seg[last]
         t0, t1, t2 = s0[last] + w[last], s1[last] + wu[last], s2[last] + wuu[last]
-        table["weight"][rows_g] = t0
+        new_ts = sts[last]
         table["mean"][rows_g] = center[ls] + t1 / t0
-        table["m2"][rows_g] = np.maximum(t2 - t1 * t1 / t0, 0.0)
-        table["ref"][rows_g] = ref_t[ls]
-        table["count"][rows_g] = prior[last] + 1
-        table["prev_ts"][rows_g] = sts[last]
-        np.maximum.at(table.last_seen, rows_g, np.maximum.reduceat(sts, g.starts))
+        table["prev_ts"][rows_g] = new_ts
+        new_m2 = np.maximum(t2 - t1 * t1 / t0, 0.0)
+        new_ref = ref_t[ls]
+        new_count = prior[last] + 1
+        # history rows: entities that had one (kept current, whatever their state now) and
+        # those past the single-event state
+        hist = self.history
+        if new_count.max() > np.iinfo(hist["count"].dtype).max:
+            hist.widen("count", np.int64)
+        new = ~_single_event(t0, new_m2, new_ref, new_ts, new_count)
+        new[in_history] = False
+        for sel, hrows in ((in_history, hist_rows), (np.flatnonzero(new), None)):
+            if len(sel):
+                hrows = hist.rows(keys[sel]) if hrows is None else hrows  # (existing rows first)
+                hist["weight"][hrows] = t0[sel]
+                hist["m2"][hrows] = new_m2[sel]
+                hist["ref"][hrows] = new_ref[sel]
+                hist["count"][hrows] = new_count[sel]
 
         # decisions
         candidate = (prior >= self.min_history) & (s0 > 0)
@@ -581,6 +692,15 @@ class _DGIMDetector(Detector):
     entities; the same buckets and estimates as one :class:`sketches.DGIM` per entity), its
     previous timestamp and its last alert time. Windows longer than 64 events fall back to one
     :class:`sketches.DGIM` object per entity.
+
+    Memory (the table path). Most entities' DGIM is empty (no 1-bit among their last
+    ``last_n`` events) and they never alerted, so the state is held in two tables: every
+    entity's previous timestamp (``_table``, 16 bytes per entity with its key) and, for the
+    *hot* entities only (a bucket or an alert), their masks, last alert time and previous
+    timestamp (``_hot``). An entity missing from ``_hot`` has an empty DGIM and no alert,
+    exactly what a row of defaults would hold. The eviction sweep drops from ``_hot`` the
+    idle entities (the same ones as from ``_table``: both hold the same previous timestamp)
+    and the entities that went cold again.
     """
 
     def __init__(
@@ -606,16 +726,20 @@ class _DGIMDetector(Detector):
         self._clock = -math.inf
         self._swept = -math.inf  # shard clock at the last eviction sweep
         self._states: dict[int, list[Any]] = {}  # the per-object path (last_n > 64)
-        self._table: EntityTable | None = None  # the vectorised path (last_n <= 64)
+        self._table: EntityTable | None = None  # the vectorised path (last_n <= 64): all entities
+        self._hot: EntityTable | None = None  # ... and the entities with buckets or an alert
         if self.last_n <= DGIM_TABLE_MAX_WINDOW:
-            levels = DGIMTable.levels_for(self.last_n)
-            mask_dtype = _mask_dtype(self.last_n)
-            columns: dict[str, tuple[Any, Any]] = {
-                "prev_ts": (np.float64, -math.inf),
-                "last_alert": (np.float64, -math.inf),
-            }
-            columns.update({f"m{j}": (mask_dtype, 0) for j in range(levels)})
-            self._table = EntityTable(columns, self.idle_ttl)
+            self._table = EntityTable({"prev_ts": (np.float64, -math.inf)}, self.idle_ttl, clock="prev_ts")
+            self._hot = EntityTable(self._hot_columns(), self.idle_ttl, clock="prev_ts")
+
+    def _hot_columns(self) -> dict[str, tuple[Any, Any]]:
+        mask_dtype = _mask_dtype(self.last_n)
+        columns: dict[str, tuple[Any, Any]] = {
+            "prev_ts": (np.float64, -math.inf),
+            "last_alert": (np.float64, -math.inf),
+        }
+        columns.update({f"m{j}": (mask_dtype, 0) for j in range(DGIMTable.levels_for(self.last_n))})
+        return columns
 
     @property
     def n_entities(self) -> int:
@@ -633,35 +757,39 @@ class _DGIMDetector(Detector):
     def process(self, batch: EventBatch) -> list[Output]:
         if len(batch) == 0:
             return []
-        if self._table is not None:
-            return self._process_table(batch, self._table)
+        if self._table is not None and self._hot is not None:
+            return self._process_table(batch, self._table, self._hot)
         return self._process_objects(batch)
 
-    def _process_table(self, batch: EventBatch, table: EntityTable) -> list[Output]:
+    def _process_table(self, batch: EventBatch, table: EntityTable, hot: EntityTable) -> list[Output]:
         """Vectorised across entities: one :class:`DGIMTable` row per entity (the same buckets
         as one ``DGIM`` per entity), the cooldown chain in Python over the candidate events only."""
         ts = _timestamps(batch)
-        g = _Groups(_entity_keys(batch[self.entity_column]))
+        g = _Groups(_entity_keys(batch, self.entity_column))
         sts = ts[g.order]
         clock = _shard_clock(ts, self._clock)[g.order]
         self._clock = float(clock.max())
-        rows = table.rows(g.unique_keys, sts[g.ends - 1])
+        keys = g.unique_keys
+        rows = table.rows(keys)
         prev = _previous(sts, g, table["prev_ts"][rows])
         reset = prev < clock - self.idle_ttl
         bits = self._bits(batch, g, sts, np.where(reset, -np.inf, prev))
         levels = DGIMTable.levels_for(self.last_n)
-        masks = np.empty((len(rows), levels), dtype=np.uint64)
+        hot_rows = hot.find(keys)  # -1: a cold entity (empty DGIM, no alert)
+        was_hot = np.flatnonzero(hot_rows >= 0)
+        hot_rows = hot_rows[was_hot]
+        masks = np.zeros((len(keys), levels), dtype=np.uint64)
         for j in range(levels):
-            masks[:, j] = table[f"m{j}"][rows]
+            masks[was_hot, j] = hot[f"m{j}"][hot_rows]
         dgims = DGIMTable(self.last_n, self.r, masks=masks)
         est, lo, hi = dgims.add(g.gid, bits, reset)
-        for j in range(levels):
-            table[f"m{j}"][rows] = dgims.masks[:, j]
-        table["prev_ts"][rows] = sts[g.ends - 1]
+        last_ts = sts[g.ends - 1]
+        table["prev_ts"][rows] = last_ts
 
         # Cooldown, in input order per entity, over the 1-bit events whose estimate is high enough;
         # a reset (at or before an event) forgets the entity's last alert.
-        last_alert = table["last_alert"][rows]  # a copy (fancy indexing)
+        last_alert = np.full(len(keys), -np.inf)
+        last_alert[was_hot] = hot["last_alert"][hot_rows]
         idx = np.arange(len(sts))
         last_reset = np.maximum.accumulate(np.where(reset, idx, -1))
         alert_at = g.starts - 1  # per entity: sorted index of its last alert (start - 1: earlier)
@@ -685,10 +813,30 @@ class _DGIMDetector(Detector):
                 alert_at[alerted] = np.fromiter(at_d.values(), dtype=np.intp, count=len(at_d))
                 last_alert[alerted] = [la_d[k] for k in at_d]
         last_alert[last_reset[g.ends - 1] > alert_at] = -np.inf
-        table["last_alert"][rows] = last_alert
+
+        # Write back the entities that were hot (whatever their state now) or are now; the
+        # others stay out of ``hot``.
+        new_masks = dgims.masks
+        any_bucket = new_masks[:, 0].copy()
+        for j in range(1, levels):
+            any_bucket |= new_masks[:, j]
+        new = (any_bucket != 0) | (last_alert != -np.inf)
+        new[was_hot] = False
+        for sel, hr in ((was_hot, hot_rows), (np.flatnonzero(new), None)):
+            if len(sel):
+                hr = hot.rows(keys[sel]) if hr is None else hr  # (existing rows first)
+                for j in range(levels):
+                    hot[f"m{j}"][hr] = new_masks[sel, j]
+                hot["last_alert"][hr] = last_alert[sel]
+                hot["prev_ts"][hr] = last_ts[sel]
         if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
             self._swept = self._clock
             table.evict(self._clock)
+            hot.evict(self._clock)
+            cold = hot["last_alert"] == -np.inf
+            for j in range(levels):
+                cold &= hot[f"m{j}"] == 0
+            hot.drop(cold)
         if not hits:
             return []
         return self._alerts(batch, g, sts, prev, [(i, int(est[i]), (int(lo[i]), int(hi[i]))) for i in hits])
@@ -697,7 +845,7 @@ class _DGIMDetector(Detector):
         """One :class:`sketches.DGIM` object per entity, one Python step per event (windows
         longer than a :class:`DGIMTable` supports)."""
         ts = _timestamps(batch)
-        g = _Groups(_entity_keys(batch[self.entity_column]))
+        g = _Groups(_entity_keys(batch, self.entity_column))
         sts = ts[g.order]
         clock = _shard_clock(ts, self._clock)[g.order]
         self._clock = float(clock.max())
@@ -785,6 +933,24 @@ class _DGIMDetector(Detector):
         for k in stale:
             del self._states[k]
 
+    def _split_table(self) -> None:
+        """Convert the single table of an older snapshot (every column for every entity) into
+        ``_table`` (previous timestamps) and ``_hot`` (entities with buckets or an alert)."""
+        old = self._table
+        assert old is not None
+        self._table = EntityTable({"prev_ts": (np.float64, -math.inf)}, self.idle_ttl, clock="prev_ts")
+        rows = self._table.rows(old.keys)
+        self._table["prev_ts"][rows] = old["prev_ts"]
+        columns = self._hot_columns()
+        self._hot = EntityTable(columns, self.idle_ttl, clock="prev_ts")
+        masks = [name for name in columns if name.startswith("m")]
+        hot = old["last_alert"] != -np.inf
+        for name in masks:
+            hot |= old[name] != 0
+        rows = self._hot.rows(old.keys[hot])
+        for name in columns:
+            self._hot[name][rows] = old[name][hot]
+
     def __getstate__(self) -> dict[str, Any]:
         if self._table is not None:  # the table pickles its live rows only
             return dict(self.__dict__)
@@ -803,9 +969,12 @@ class _DGIMDetector(Detector):
     def __setstate__(self, state: dict[str, Any]) -> None:
         if state.get("_table") is not None:
             self.__dict__.update(state)
+            if state.get("_hot") is None:  # a snapshot from before the hot table: split it
+                self._split_table()
             return
         state = dict(state)
         state.setdefault("_table", None)
+        state.setdefault("_hot", None)
         keys, prev_ts = state.pop("_keys").tolist(), state.pop("_prev_ts").tolist()
         last_alert, upper = state.pop("_last_alert").tolist(), state.pop("_upper").tolist()
         lengths, blob = state.pop("_lengths").tolist(), state.pop("_blob")
@@ -995,8 +1164,9 @@ class StuckDetector(Detector):
         self.idle_ttl = _positive("idle_ttl", idle_ttl)
         self._clock = -math.inf
         self.table = EntityTable(
-            {"last": (np.float64, np.nan), "run": (np.int64, 0), "prev_ts": (np.float64, -math.inf)},
+            {"prev_ts": (np.float64, -math.inf), "last": (np.float64, np.nan), "run": (np.int64, 0)},
             idle_ttl=self.idle_ttl,
+            clock="prev_ts",
         )
 
     @property
@@ -1004,12 +1174,17 @@ class StuckDetector(Detector):
         """Entities currently held in state."""
         return len(self.table)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.table.clock is None:  # a snapshot from before the table's clock column
+            self.table.use_clock("prev_ts")
+
     def process(self, batch: EventBatch) -> list[Output]:
         n = len(batch)
         if n == 0:
             return []
         ts = _timestamps(batch)
-        g = _Groups(_entity_keys(batch[self.entity_column]))
+        g = _Groups(_entity_keys(batch, self.entity_column))
         order = g.order
         sts = ts[order]
         values = np.asarray(batch[self.value_column], dtype=np.float64)[order]
@@ -1031,7 +1206,6 @@ class StuckDetector(Detector):
         table["last"][rows] = values[last]
         table["run"][rows] = run[last]
         table["prev_ts"][rows] = sts[last]
-        np.maximum.at(table.last_seen, rows, np.maximum.reduceat(sts, g.starts))
         table.evict(self._clock)
 
         idx_hit = np.flatnonzero(run == self.consecutive)

@@ -7,9 +7,11 @@ round-trips mid-stream, idle eviction and a statistical check of the amount-outl
 
 from __future__ import annotations
 
+import base64
 import itertools
 import math
 import pickle
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -638,5 +640,172 @@ def test_dgim_table_snapshot_bytes_per_entity() -> None:
     det = VelocityDetector(idle_ttl=1e9)
     run(det, fraud_stream(20_000, 4, cards=5000))
     assert det.n_entities > 4000
-    # key, last seen, previous ts, last alert (8 B each) + 4 masks of 10 bits (2 B each)
-    assert len(pickle.dumps(det, protocol=pickle.HIGHEST_PROTOCOL)) < 42 * det.n_entities
+    # every entity: key and previous ts (8 B each); the hot ones (about half of these bursty
+    # cards) also key, previous ts, last alert (mostly -inf: a bitmap) and 4 masks of 10 bits
+    assert len(pickle.dumps(det, protocol=pickle.HIGHEST_PROTOCOL)) < 30 * det.n_entities
+
+
+# -- memory layout: the tables, older snapshots -------------------------------------------------
+
+
+def test_dgim_hot_table_holds_only_entities_with_buckets_or_alerts() -> None:
+    det = VelocityDetector(min_rapid=3, cooldown=20.0, idle_ttl=90.0)
+    batch = fraud_stream(FRAUD_N, 8)
+    run(det, batch, [700, 1900])
+    table, hot = det._table, det._hot
+    assert table is not None and hot is not None
+    assert table.columns == ["prev_ts"] and 0 < len(hot) <= len(table)
+    rows = table.find(hot.keys)
+    assert (rows >= 0).all()  # hot entities are a subset, with the same previous ts
+    assert hot["prev_ts"].tolist() == table["prev_ts"][rows].tolist()
+    # a sweep drops the entities that went cold (empty DGIM, never alerted): here all of them,
+    # after 10 rapid-free events each (a gap > 10 s between consecutive events of a card)
+    names = sorted(set(batch["card_id"].tolist()))
+    t0 = float(batch["ts"].max()) + 11.0
+    n = 10 * len(names)
+    quiet = make_batch(
+        "fraud",
+        tx_id=[f"q{i}" for i in range(n)],
+        card_id=names * 10,
+        amount=[10.0] * n,
+        ts=[t0 + 11.0 * (i // len(names)) for i in range(n)],
+    )
+    before = len(hot)
+    assert (hot["m0"] != 0).any()
+    det.process(quiet)
+    det._swept = -math.inf  # force a sweep at the next batch
+    det.process(make_batch("fraud", tx_id=["z"], card_id=[names[0]], amount=[1.0], ts=[t0 + 110.0]))
+    assert det.n_entities == len(names)
+    assert len(hot) < before  # only the cards that alerted (and were not reset since) stay
+    assert (hot["last_alert"] != -np.inf).all()
+    assert not any(hot[f"m{j}"].any() for j in range(4))
+
+
+def test_outlier_count_widens_past_uint32() -> None:
+    det = OutlierDetector(min_history=2, idle_ttl=1e9)
+    batch = make_batch("fraud", card_id=["a", "a", "a"], amount=[10.0, 11.0, 9.0], ts=[0.0, 1.0, 2.0])
+    det.process(batch)
+    hist = det.history
+    assert hist["count"].dtype == np.uint32 and hist["count"].tolist() == [3]
+    hist["count"][0] = 2**32 - 2
+    det.process(make_batch("fraud", card_id=["a", "a", "a"], amount=[10.0, 10.0, 500.0], ts=[3.0, 4.0, 5.0]))
+    assert hist["count"].dtype == np.int64 and hist["count"].tolist() == [2**32 + 1]
+    restored = pickle.loads(pickle.dumps(det))
+    assert restored.history["count"].dtype == np.int64
+
+
+def test_outlier_history_holds_only_entities_past_their_first_event() -> None:
+    det = OutlierDetector(idle_ttl=100.0)
+    det.process(
+        make_batch("fraud", card_id=["a", "b", "a", "c"], amount=[5.0, 6.0, 7.0, 8.0], ts=[0.0, 1, 2, 3])
+    )
+    assert det.n_entities == 3 and det.table.columns == ["prev_ts", "mean"]
+    assert len(det.history) == 1  # only "a" has two events; "b" and "c" are in the one-event state
+    assert det.history["count"].tolist() == [2] and det.history["ref"].tolist() == [2.0]
+    # "a" and "c" idle past idle_ttl: evicted from both tables
+    det.process(make_batch("fraud", card_id=["b", "b"], amount=[1.0, 2.0], ts=[90.0, 150.0]))
+    assert det.n_entities == 1 and det.history["count"].tolist() == [3]
+    # "b" idle past idle_ttl, then one event: reset to the one-event state; a sweep drops its row
+    det._swept = -math.inf
+    det.process(make_batch("fraud", card_id=["b"], amount=[3.0], ts=[400.0]))
+    assert det.n_entities == 1 and len(det.history) == 0
+    det.process(make_batch("fraud", card_id=["b"], amount=[3.0], ts=[401.0]))
+    assert det.history["count"].tolist() == [2]
+
+
+# Detectors pickled by the previous state layout (one EntityTable v1 per detector: rows in
+# insertion order, an own last-seen column; the DGIM detectors with all columns in one table),
+# after the first 400 events of the streams below (zlib + base64).
+_OLD_SNAPSHOTS = {
+    "outlier": (
+        "eNprYJ1awsYABj1S+QWpRYkl+UXFeimpJanJYFZqXklmSeWUHn7/0pKczNQiF6jMlMlTNBun1E7R6GFJy8kvn9LDmlaUWJoy"
+        "pYclLzE3dUoPX2JufmleSXw+RNuUHl6ISfHJ+TmluXlTetiTE4tS4jOBOnjKEnNKU+ESbBCdU3o4MxJz0uJzMtNSp7g7fJWA"
+        "OJI7NzMvPiOzGOiEyinezD2MVUBJBqgPWIHOz8wHCnBABTgyU3JS40tKcoBifjBF8UBVQCPtHlwWFPBqXNHDFp+ck5+cPcXd"
+        "8VZoXu0pJ9Me1pLEpBygJ4QQIQJ2fWZq8ZQeblewR0LASmChkCGIsICluCA1GRw0bOWpmekZQK8w26RZTHGHOpOhDRhKuamJ"
+        "eVjEmXKNsIgyF6WmwYT/f4ALsyZDAorZJtNiijdIhL2gKLUsvqQYU3FpD0t2aiVQQjivNLegUg8Y3EWpekB2alFmMtBT8WlF"
+        "+blJpWlpqaCo1ZiWALU9VzVSYJmJDuONzLbuf98ymVbtZJw7e5EWs+gshUnbRPY4Bvsf2LfKJCSx5HAx75RT51L+ryma8XXZ"
+        "9vqDgSbuR2Pl27wlGydUN+gvZWl297sQk3tgnf5KrRkxHVc9tubnfpv49hnQF2AHAemUksoCUIj2MJVaTOnsaJ8SNEUDFMM2"
+        "U/z8/Lz+AwGY8GYomZLkzdM6pYfReUoJUFEPZ05icUl8cWpq3pQMQ4TT+cUba/NCbzmaOp0C0zOWvq4C0V8d08D8NTFuYFru"
+        "oE81iNaU5QXz4/b/BvNNl8wFq0/0VAbzn5vnguVZuuMrQfSUDNMepjQkp2ZYYndohg3YmSzAFF4MTiwyyM6sfGIT2//bxEH4"
+        "zqzHJr8dHDYtejA7/be7w5W04EytP2YOG0wvOIRWOzo0VPc8dqh2cuhJCjCe8cvZYcbCsEvsQPUMQjcEbvwyd3hwc2nen3/K"
+        "Dh0hSunPq1wcZNZtSKj84+QwJcMZ4YgMeWSrHwd9mSz2T8AhSe+cU3HRK/sCgR//bd8xO0wqlT06jVXQ4V9U7bpscVYHhzv6"
+        "CcUVAg4RKqFvsqYyOwjyXlM6sJnRIfDqxJYL2xgcPP9tEnQT4nDI2tcyd+1HAYeujrpy5yt/7VGtVkK2+uHv/jdMN6QcHPgs"
+        "ykxKxBw0NMu0HzaZOLxe/zLzykZBh6Mz20tVXio61K38wiMkbeHgxh2iv3aTksPc55sjp5coOSgebGq0U5VzKCzw3XjM1MjB"
+        "a7+3f4mbmoOx8QUZwV+KaL5WpW+6QLZaA9lqUSitBKUNoLQ4lFaG0qpQWgNNvQSU5oLSmlBaDUqDk2Qm0UkyQxtbuFT9WkzV"
+        "cClQsMYMl9LSpNIkPQCrVm2T"
+    ),
+    "velocity": (
+        "eNq9VFtIFFEYnp1d74rSBSuyBDNUZE1bS8ooy9psY7upIFnT7O4ZZ3FuzZzRVhOVyAxP0OVUUkhQKWTSW4VhpUREQtFDQehb"
+        "RD1E0IsGCdnZsxs7Gz7USz/D/Of7L/N95z+H6Uq4XJPAUEMrVA3oPFR1wxkAEPjpCigwCEMYZdUDSfWTZXU0hS/hwm7cgQuQ"
+        "Q5DUVowSBJ03Axg5FF4GGGX4eT3AtUS7CI58ifOrkikrGCXRfJA0JEq8ATkFe1KRTceeZJQCRR0YoioFsMeOkv0qWamtCnZv"
+        "c0WlJgcDEuAglEjMG42lAV1Xdc6nmkoAu7eOHX+xkjwokfMTCc3YXTVVp3RMbi8nEaMVaNASSeIMyENgkO2QLOR9EtnAotg4"
+        "qPQgyaO0nXQXtbTk9wTEzJgKh6EBPx1LkqaDFg6SJnulUIHd898iJT0YpdId8xLQ4QJZVl4Xjppl2BOBpfGwLB6ut0ATOZpB"
+        "iFAuVkxZCznJtHXgJGugB/1EPSfoquwzBQGEz6/gyrEIKSPnN2QNuYpt74M9fT9ng+zwqG3g+s0i+9JruRcfLBmrOrRv/Mmw"
+        "q5aHz4wMPPk6MD+i988MPeycOOByPz+yusezvPt8e1fJoOOU2/umUR6/V3KnqL+x993u+6o8e+HrJ3I7qCDiAzCkhUeHWLMC"
+        "n+09gw/iAnLKtkrs9Xr3zBOjLw8Dsc+Tfhoj2w4MSRFKoUMzAFCwWBaTnpnd3aHUTVW1/bhFff/gl7awn6kSKB5p3EX9qom9"
+        "7WFfmJNB8dGncxSX3x6g9XxNHsWfN8o0r+VuDoU9FjcgVrBIFTctLFTcQmU6yAU36K3I+b8yq2MixFwr9dUbLSet1B+z22hL"
+        "afLbE1bq/T6jzUrdkH+Y4nOlObQ+/VEOpS79cJd6Rx+3AHVemHpZlLqJfcl2Mo/to/Zp5pVtmp1j25nvTKudDpXc2b8cqrjW"
+        "+tGwdbFMvNkYBov1lpbCP1sWsviW4n9uMU0fsjfxGvkNrYmkTZ/zF85z+qQ="
+    ),
+    "breach": (
+        "eNq1VFtIFFEYPrvuruutsuyhsJRurGTrNVCwXDNbcWsTcSnpMu7MnmkGZ2e2mTOahKZJpXAQylOQPRSGTxIRQVAk2EN0eegl"
+        "X9Qe6iECH8Iw6PZgZ85uuoIPgnQY5jvff875/+//z+Hvcd4cdwI28FYtBvUw0nTDG4EICmwGVSSjToLXHdJhWJAOJxbIECno"
+        "JV3Egx2ionUQnCJriGCHGo5CgjciSYeGpCkRjmfHoEFwVtwVJ2iKGVUJTovAdlmAnBwh2KWEDcSpJJCDbToJuHHaogcSSMFu"
+        "QaMzrUMlft/BhFq3HFEgh5BCbcGELQPquqZzvGaqEeKvfn7+VS79sIsTFE1oI/6a6ZAqNo25qMXogDGUZEnlDBRGVGcXVcOh"
+        "MK9YeSxVhImXrTwy6lgezWzLvzJI65dUOIwYFFhtUmM6bOcQPZRSJVYQ/8JcfMtVgtNZxmEF6miFVXu02LKa5SQQpyXLaely"
+        "WraclidREzvaYCdVsEk1o7FOLy2/Dr10DnVZoMlwoq5FeVMUoXWnnluNcQ1g75GhUlf9p7wRlczkBEeKi44+Mh5IbSXzLwof"
+        "d0/eOTtZP+2+9OzX/ane4HDl5gufY6HRfT19278cyx4+8efHya9bprqftPCZc5dvDIyK37N+E+xkAihGUGfMqhy2mxVkoP8a"
+        "aSIeesm2KhIMBhsW6GC/AECED6RfIdhWSxDdhNNYzQwIVSLtX5La2PCNV0PTNbujdtHC16250ML3L48z/DCYyey335iMu8aa"
+        "GJ/pn2XcV3ub4fzsDEMiVWK7mCRNOrCyMMnHZDnoizbYI9j2f2X5l4JK+cmhBu+WNVtbJkbrTll47t2QYOH4WPUZC/Oy85n9"
+        "48XTzNXDYXerhblvewMW4nvXQxb+fIpWCLXTCuVJhOpx2MCEA4ANNkr67MC9C4AdwAZqRwDItwPg9gFgt9sAKyJ9g6ssorQn"
+        "OchqB5FaklwUrN1F4dpdFK3ZhWnyOLM9rJhwsVdmIBhlrcjUaVtyKnJUps3L1xw/bfLev/Ra+Os="
+    ),
+    "stuck": (
+        "eNqlUktoE1EUzd/UJoI/8EfdVIxYU/9E6CKhakqjsUTjZ+OYmbxhhkxmwsx70SxsU0Vt4eHCXoXWXaWr4kIEF+5cCLq2myZu"
+        "XIjQhVQq+FvUNy+JiSGK4F3Meffe8+47994pe+/v9ji40W1GAZkZbJhWOIswkvgJ6VjFJaDBs5hIueP1OEzBnnG4DiHqkTXj"
+        "KlC3amCgHj2TR0ADls0VLKRbjEqDtRqCZGgkrwPtyqKiKiFBzTJqMaMR9CvVjVGeiyAmq9MtGbqFJILVIoKEm/rVrIYEjDWI"
+        "R5N10T5B0gwpB/FYJa3LqXkf9eKMqLHbG5rtcAEqsljJE1zLOU5pNKGsa9bzWAUk1TrTMhbryT0gRyA+9rWWv80CJtHtsBqB"
+        "hO2vKZioKGCrQV1dblAJ9eRQiSU26iRfKIVZmyYKszMyVYlpEWTTyItElpE90NCDkdpFx96TUwd9Q+92zupQ3ZSc3d9/6on1"
+        "WMkdWHnR93R04eHlhaGKf+z5t0eL48mZY5uvvS+k5/aVb/Z8OL1+5sKPLxc/bl0cfXZJDCzfuDc5J38Ofgfq5QIYZnGpYDdO"
+        "XSQCkxN3IAUhNlnnACSTyeFVZvyTcGAQE2tvAXUOAmYk2mVPg60U6aD0NqWODH8S9XQltivvkm3s9ceQjW9enuH49m6Ax6df"
+        "E+775lPcr04scT86OM1xZanKEZQQdckt0pS+zsKUfi7Lw/4ci+9wS6usmh2J1vBQtLN/+Hcsn+8cZ3xQjjYfVba3PuWso6vN"
+        "/xO62tDdlucTUP95AkrP39bx6sqO/1xHS9+EiEQM/wSjP3a0"
+    ),
+}
+
+_OLD_CASES: dict[str, tuple[Factory, Callable[[], EventBatch]]] = {
+    "outlier": (
+        lambda: OutlierDetector(min_history=3, z=2.0, ratio=3.0, idle_ttl=60.0),
+        lambda: fraud_stream(800, 21, cards=12),
+    ),
+    "velocity": (
+        lambda: VelocityDetector(min_rapid=3, cooldown=20.0, idle_ttl=60.0),
+        lambda: fraud_stream(800, 21, cards=12),
+    ),
+    "breach": (
+        lambda: BreachDetector(min_breaches=3, cooldown=30.0, idle_ttl=60.0),
+        lambda: iot_stream(800, 22, devices=10),
+    ),
+    "stuck": (lambda: StuckDetector(idle_ttl=60.0), lambda: iot_stream(800, 22, devices=10)),
+}
+
+
+@pytest.mark.parametrize("name", list(_OLD_CASES))
+def test_snapshot_of_the_previous_layout_resumes_identically(name: str) -> None:
+    factory, stream = _OLD_CASES[name]
+    batch = stream()
+    head, tail = batch.take(np.arange(400)), batch.take(np.arange(400, len(batch)))
+    live = factory()
+    run(live, head)
+    expected = full_signature(run(live, tail, [150]))
+    old: Any = pickle.loads(zlib.decompress(base64.b64decode("".join(_OLD_SNAPSHOTS[name]))))
+    assert type(old) is type(live)
+    assert old.n_entities == factory_entities(factory, head)
+    assert full_signature(run(old, tail, [150])) == expected
+    assert len(expected) >= 1 or name == "stuck"
+
+
+def factory_entities(factory: Factory, batch: EventBatch) -> int:
+    det: Any = factory()
+    det.process(batch)
+    return int(det.n_entities)

@@ -1,0 +1,232 @@
+"""Tests of ``operators.entities.EntityTable``: lookups, inserts and eviction against a dict model,
+the clock column, exact (bit-for-bit) pickling in every column encoding, and older snapshots."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from typing import Any
+
+import numpy as np
+import pytest
+
+from operators.entities import EntityTable
+
+U64 = np.uint64
+
+
+def keys(*values: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+    return np.array(values, dtype=U64)
+
+
+def same_bits(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
+    """Equal dtype, shape and bytes (NaN payloads, -0.0 and -inf included)."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def assert_same_table(a: EntityTable, b: EntityTable) -> None:
+    assert a.idle_ttl == b.idle_ttl and a.clock == b.clock and a.columns == b.columns
+    assert same_bits(a.keys, b.keys)
+    assert same_bits(a.last_seen, b.last_seen)
+    for name in a.columns:
+        assert same_bits(a[name], b[name]), name
+
+
+def round_trip(table: EntityTable) -> EntityTable:
+    out = pickle.loads(pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL))
+    assert isinstance(out, EntityTable)
+    return out
+
+
+# -- lookups, inserts, eviction --------------------------------------------------------------------
+
+
+def test_rows_are_key_order_and_shift_on_insert() -> None:
+    t = EntityTable({"n": (np.int64, 0)}, idle_ttl=10.0)
+    assert t.rows(keys(50, 10, 50)).tolist() == [1, 0, 1]
+    t["n"][t.rows(keys(50))] = 5
+    assert t.rows(keys(30, 50, 70)).tolist() == [1, 2, 3]  # 30 and 70 inserted around 50
+    assert t.keys.tolist() == [10, 30, 50, 70]
+    assert t["n"].tolist() == [0, 0, 5, 0]
+    assert t.find(keys(70, 71, 0, 10)).tolist() == [3, -1, -1, 0]
+    assert EntityTable({"n": (np.int64, 0)}, idle_ttl=1.0).find(keys(1)).tolist() == [-1]
+
+
+def test_matches_a_dict_model_under_random_operations() -> None:
+    rng = np.random.default_rng(7)
+    ttl = 50.0
+    t = EntityTable({"total": (np.float64, 0.0), "n": (np.int32, 0)}, idle_ttl=ttl)
+    model: dict[int, list[float]] = {}  # key -> [total, n, last seen]
+    now = 0.0
+    for step in range(300):
+        now += float(rng.exponential(2.0))
+        ks = rng.integers(0, 400, size=int(rng.integers(0, 60))).astype(U64)
+        ts = now - rng.uniform(0, 5, size=len(ks))
+        vals = rng.normal(size=len(ks))
+        rows = t.rows(ks, ts)
+        np.add.at(t["total"], rows, vals)
+        np.add.at(t["n"], rows, 1)
+        for k, v, s in zip(ks.tolist(), vals.tolist(), ts.tolist(), strict=True):
+            m = model.setdefault(k, [0.0, 0, -math.inf])
+            m[0] += v
+            m[1] += 1
+            m[2] = max(m[2], s)
+        if step % 7 == 0:
+            dropped = t.evict(now)
+            stale = [k for k, m in model.items() if m[2] < now - ttl]
+            assert dropped == len(stale)
+            for k in stale:
+                del model[k]
+        if step % 50 == 0:
+            t = round_trip(t)
+        assert t.keys.tolist() == sorted(model)
+        assert np.allclose(t["total"], [model[k][0] for k in sorted(model)])
+        assert t["n"].tolist() == [model[k][1] for k in sorted(model)]
+        assert t.last_seen.tolist() == [model[k][2] for k in sorted(model)]
+
+
+def test_clock_column_drives_eviction_and_refuses_ts() -> None:
+    t = EntityTable({"prev_ts": (np.float64, -np.inf), "x": (np.int64, 0)}, idle_ttl=10.0, clock="prev_ts")
+    rows = t.rows(keys(3, 1, 2))
+    t["prev_ts"][rows] = [100.0, 95.0, 89.0]
+    assert t.last_seen is t["prev_ts"]
+    assert t.evict(now=100.0) == 1 and t.keys.tolist() == [1, 3]
+    with pytest.raises(ValueError, match="clock"):
+        t.rows(keys(1), np.array([1.0]))
+    with pytest.raises(ValueError, match="float64"):
+        EntityTable({"x": (np.int64, 0)}, idle_ttl=1.0, clock="x")
+    with pytest.raises(ValueError, match="float64"):
+        EntityTable({"x": (np.float64, 0.0)}, idle_ttl=1.0, clock="y")
+    assert t.nbytes == 2 * (8 + 8 + 8)
+
+
+def test_drop_and_widen() -> None:
+    t = EntityTable({"n": (np.uint32, 0)}, idle_ttl=1.0)
+    rows = t.rows(keys(1, 2, 3, 4))  # before taking the column: an insert replaces the arrays
+    t["n"][rows] = [1, 0, 3, 0]
+    assert t.drop(t["n"] == 0) == 2 and t.keys.tolist() == [1, 3]
+    with pytest.raises(ValueError):
+        t.drop(np.zeros(5, dtype=bool))
+    t.widen("n", np.int64)
+    rows = t.rows(keys(9))
+    t["n"][rows] = 2**40
+    assert t["n"].dtype == np.int64 and t["n"].tolist() == [1, 3, 2**40]
+    assert round_trip(t)["n"].dtype == np.int64
+    with pytest.raises(KeyError):
+        t.widen("missing", np.int64)
+
+
+# -- pickling --------------------------------------------------------------------------------------
+
+
+def awkward_table(n: int, seed: int) -> EntityTable:
+    """Columns that exercise every encoding: mostly-default floats (NaN, -inf, -0.0 around),
+    a column mostly equal to another, small and huge integers, booleans, dense floats."""
+    rng = np.random.default_rng(seed)
+    t = EntityTable(
+        {
+            "prev_ts": (np.float64, -math.inf),
+            "ref": (np.float64, -math.inf),
+            "mean": (np.float64, 0.0),
+            "weight": (np.float64, 0.0),
+            "last": (np.float64, math.nan),
+            "alert": (np.float64, -math.inf),
+            "count": (np.int64, 0),
+            "big": (np.int64, 0),
+            "mask": (np.uint16, 0),
+            "armed": (np.bool_, True),
+        },
+        idle_ttl=100.0,
+        clock="prev_ts",
+    )
+    rows = t.rows(rng.integers(0, 2**64, size=n, dtype=U64))
+    m = len(rows)
+    prev = 1.7e9 + rng.uniform(0, 1000, m)
+    t["prev_ts"][rows] = prev
+    ref = prev.copy()
+    late = rng.random(m) < 0.1
+    ref[late] += rng.uniform(0, 5, int(late.sum()))
+    t["ref"][rows] = ref
+    t["mean"][rows] = rng.normal(size=m)
+    t["weight"][rows] = np.where(rng.random(m) < 0.95, 1.0, rng.random(m))  # mostly one value
+    last = np.full(m, math.nan)
+    last[rng.random(m) < 0.2] = -0.0
+    last[rng.random(m) < 0.2] = 20.5
+    nan_payload = np.array([0x7FF8_0000_0000_0001], dtype=np.uint64).view(np.float64)
+    last[: min(3, m)] = nan_payload[0]  # a NaN with another payload than the default
+    t["last"][rows] = last
+    alert = np.full(m, -math.inf)
+    alert[rng.random(m) < 0.01] = 1.7e9
+    t["alert"][rows] = alert
+    t["count"][rows] = rng.integers(0, 200, m)
+    t["big"][rows] = rng.integers(-(2**62), 2**62, m)
+    t["mask"][rows] = np.where(rng.random(m) < 0.05, rng.integers(1, 1024, m), 0)
+    t["armed"][rows] = rng.random(m) < 0.97
+    return t
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1000])
+def test_pickle_is_bit_exact(n: int) -> None:
+    t = awkward_table(n, n)
+    back = round_trip(t)
+    assert_same_table(t, back)
+    # and it keeps working: inserts, lookups and eviction on the restored table
+    new = keys(1, 2, 3)
+    assert same_bits(back.rows(new), t.rows(new))
+    assert back.evict(1.7e9 + 500.0) == t.evict(1.7e9 + 500.0)
+    assert_same_table(t, back)
+
+
+def test_pickle_is_smaller_than_the_live_table() -> None:
+    t = awkward_table(20_000, 1)
+    size = len(pickle.dumps(t, protocol=pickle.HIGHEST_PROTOCOL))
+    # live: 8 (key) + 8 * 8 + 2 + 1 = 75 B per row; pickled: key, prev_ts, mean, big 8 B each,
+    # ref ~10% (like prev_ts), count 1 B, weight ~5% (mostly 1.0), the mostly-default columns
+    # a bitmap and a few values
+    assert t.nbytes == 75 * len(t)
+    assert size < 39 * len(t)
+    enc = t.__getstate__()["cols"]
+    assert enc["weight"][0] == "like" and enc["weight"][1][0] == "value"
+    assert enc["weight"][1][1].tolist() == [1.0]
+    assert enc["ref"][1] == ("column", "prev_ts") and enc["alert"][1] == ("default",)
+    assert enc["count"][0] == "full" and enc["count"][1].dtype == np.uint8
+
+
+def test_pickle_of_a_table_without_clock() -> None:
+    t = EntityTable({"v": (np.float32, 1.5)}, idle_ttl=3.0)
+    t.rows(keys(5, 6, 7), np.array([1.0, 2.0, 3.0]))
+    t["v"][1] = np.float32(-2.25)
+    back = round_trip(t)
+    assert_same_table(t, back)
+    assert back.clock is None and back.evict(4.5) == 1
+
+
+def test_older_snapshot_format_loads() -> None:
+    """State pickled by the table before version 2: insertion-ordered rows, own last-seen column."""
+    old_state = {
+        "idle_ttl": 5.0,
+        "spec": {"n": ("<i8", 0), "prev_ts": ("<f8", -math.inf)},
+        "keys": keys(30, 10, 20),
+        "last_seen": np.array([3.0, 1.0, 2.0]),
+        "cols": {"n": np.array([3, 1, 2]), "prev_ts": np.array([2.5, 0.5, 1.5])},
+    }
+    t = EntityTable.__new__(EntityTable)
+    t.__setstate__(old_state)
+    assert t.keys.tolist() == [10, 20, 30] and t["n"].tolist() == [1, 2, 3]
+    assert t.last_seen.tolist() == [1.0, 2.0, 3.0] and t.clock is None
+    assert t.rows(keys(20, 40), np.array([9.0, 9.0])).tolist() == [1, 3]
+    t["prev_ts"][3] = 9.0
+    t.use_clock("prev_ts")
+    assert t.clock == "prev_ts" and t.evict(now=7.0) == 2  # prev_ts 0.5 and 1.5 are < 2.0
+    assert t.keys.tolist() == [30, 40] and t["n"].tolist() == [3, 0]
+
+
+def test_reserved_and_unknown_encodings_are_refused() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        EntityTable({"\x00last_seen": (np.float64, 0.0)}, idle_ttl=1.0)
+    t = EntityTable({"x": (np.float64, 0.0)}, idle_ttl=1.0, clock="x")
+    t.rows(keys(1))
+    state = t.__getstate__()
+    state["cols"]["x"] = ("zstd", b"")
+    with pytest.raises(ValueError, match="encoding"):
+        EntityTable.__new__(EntityTable).__setstate__(state)
