@@ -31,6 +31,7 @@ from connectors.events import EventBatch
 from operators.alerts import Alert
 from operators.entities import EntityTable
 from operators.runtime import Detector, Output
+from operators.segments import segmented_cumsum
 from sketches.hashing import hash64_many
 
 __all__ = ["DecayedMeanDetector"]
@@ -278,7 +279,7 @@ class DecayedMeanDetector(Detector):
         ulast[-1] = n - 1
         anchor = ref[ulast]  # ref is non-decreasing within a unit
         e = np.exp(rate * (t - anchor[uidx]))
-        local_w, local_s = _segmented_cumsum(np.stack([e, e * v]), ufirst[uidx])
+        local_w, local_s = segmented_cumsum(np.stack([e, e * v]), ufirst[uidx])
         u_total_w = local_w[ulast]
         u_total_s = local_s[ulast]
 
@@ -346,22 +347,3 @@ class DecayedMeanDetector(Detector):
                 )
             )
         return out
-
-
-def _segmented_cumsum(x: FloatArray, first: NDArray[np.intp]) -> FloatArray:
-    """Inclusive prefix sums of the rows of ``x`` within runs (``first[i]``: start of ``i``'s run).
-
-    A log-depth (Hillis-Steele) scan that never adds across runs: a global ``cumsum`` minus
-    each run's offset would carry the rounding error of all earlier runs' totals into runs
-    whose terms may be ~2**-32, where the anchored weights amplify it back.
-    """
-    out = x.copy()
-    pos = np.arange(x.shape[-1], dtype=np.intp)
-    reach = pos - first  # how many earlier elements of its run each element still needs
-    step = 1
-    longest = int(reach.max()) if reach.size else 0
-    while step <= longest:
-        idx = np.flatnonzero(reach >= step)
-        out[:, idx] = out[:, idx] + out[:, idx - step]  # right side is read before the write
-        step *= 2
-    return out

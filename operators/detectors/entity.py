@@ -54,6 +54,7 @@ from connectors.events import EventBatch
 from operators.alerts import Alert
 from operators.entities import EntityTable
 from operators.runtime import Detector, Output
+from operators.segments import exclusive_segmented_cumsum
 from sketches import DGIM, AgingBloomFilter
 from sketches.dgim_table import MAX_WINDOW as DGIM_TABLE_MAX_WINDOW
 from sketches.dgim_table import DGIMTable
@@ -579,14 +580,12 @@ class OutlierDetector(Detector):
         wu = w * u
         wuu = wu * u
 
-        def exclusive(x: FloatArray) -> FloatArray:
-            before: FloatArray = np.cumsum(x) - x
-            within: FloatArray = before - before[ss][seg]
-            return within
-
-        s0 = w0[seg] + exclusive(w)
-        s1 = exclusive(wu)
-        s2 = m20[seg] + exclusive(wuu)
+        # sums over each event's earlier events of its segment, never across segments: earlier
+        # events' weights can be tiny and a batch-wide cumsum would drown them in rounding
+        e0, e1, e2 = exclusive_segmented_cumsum(np.stack([w, wu, wuu]), ss[seg])
+        s0 = w0[seg] + e0
+        s1 = e1
+        s2 = m20[seg] + e2
         prior = count0[seg] + (np.arange(n) - ss[seg])
 
         # new state per entity: its last segment, through its last event
