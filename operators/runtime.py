@@ -19,10 +19,11 @@ True
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import bytewax.operators as op
 import numpy as np
@@ -32,7 +33,7 @@ from bytewax.operators import StatefulBatchLogic
 from connectors.events import EventBatch, Sample, gathered, sliced
 from operators.alerts import Alert
 
-__all__ = ["GLOBAL_KEY", "Detector", "DetectorSpec", "Output", "detector_step", "split_by_shard"]
+__all__ = ["GLOBAL_KEY", "Detector", "DetectorSpec", "Output", "detector_step", "shard_key", "split_by_shard"]
 
 GLOBAL_KEY = "all"
 Output = Alert | Sample
@@ -122,9 +123,83 @@ def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[st
             sliced(columns, start, stop),
             {hash_key: sorted_hashes[start:stop]},
         )
-        out.append((f"{s:04d}", part))
+        out.append((shard_key(s, shards), part))
         start = stop
     return out
+
+
+def shard_key(shard: int, shards: int) -> str:
+    """The Bytewax state key of ``shard`` (of ``shards``): chosen so workers get equal shares.
+
+    Bytewax routes a state key to worker ``h(key) % workers``, where ``h`` is SipHash-1-3
+    with a zero key over the key's UTF-8 bytes and a ``0xff`` terminator (Rust's ``str``
+    hashing; Bytewax 0.21.1, checked by a test against its routing). With plain names the
+    split is luck: ``0000``-``0015`` land 10/6 on two workers. Shard ``s`` gets the first key
+    ``"{s:04d}.{k}"`` with ``h % 840 == s % 840``; as 840 is a multiple of every count from 2
+    to 8, shard ``s`` goes to worker ``s % workers`` for up to 8 workers, so the shards are
+    spread as evenly as they can be. Beyond 64 shards, plain names (balanced on average).
+    """
+    if shards > _BALANCED_UP_TO:
+        return f"{shard:04d}"
+    return _balanced_keys(shards)[shard]
+
+
+_BALANCED_UP_TO: Final = 64
+_LCM_2_TO_8: Final = 840
+
+
+@functools.lru_cache(maxsize=16)
+def _balanced_keys(shards: int) -> tuple[str, ...]:
+    keys = []
+    for s in range(shards):
+        k = 0
+        while _bytewax_route_hash(f"{s:04d}.{k}") % _LCM_2_TO_8 != s % _LCM_2_TO_8:
+            k += 1
+        keys.append(f"{s:04d}.{k}")
+    return tuple(keys)
+
+
+_M64: Final = (1 << 64) - 1
+
+
+def _bytewax_route_hash(key: str) -> int:
+    """SipHash-1-3 (key 0, 0) of ``key``'s UTF-8 bytes and ``0xff``: Rust's ``DefaultHasher``
+    over a ``String``, which Bytewax uses to pick a state key's worker."""
+    data = key.encode() + b"\xff"
+    v = [0x736F6D6570736575, 0x646F72616E646F6D, 0x6C7967656E657261, 0x7465646279746573]
+    end = len(data) - len(data) % 8
+    for i in range(0, end, 8):
+        _sip_absorb(v, int.from_bytes(data[i : i + 8], "little"))
+    _sip_absorb(v, ((len(data) & 0xFF) << 56) | int.from_bytes(data[end:], "little"))
+    v[2] ^= 0xFF
+    for _ in range(3):
+        _sip_round(v)
+    return (v[0] ^ v[1] ^ v[2] ^ v[3]) & _M64
+
+
+def _sip_absorb(v: list[int], m: int) -> None:
+    v[3] ^= m
+    _sip_round(v)  # one compression round: SipHash-1-3
+    v[0] ^= m
+
+
+def _sip_round(v: list[int]) -> None:
+    v0, v1, v2, v3 = v
+    v0 = (v0 + v1) & _M64
+    v1 = _rotl(v1, 13) ^ v0
+    v0 = _rotl(v0, 32)
+    v2 = (v2 + v3) & _M64
+    v3 = _rotl(v3, 16) ^ v2
+    v0 = (v0 + v3) & _M64
+    v3 = _rotl(v3, 21) ^ v0
+    v2 = (v2 + v1) & _M64
+    v1 = _rotl(v1, 17) ^ v2
+    v2 = _rotl(v2, 32)
+    v[:] = v0, v1, v2, v3
+
+
+def _rotl(x: int, b: int) -> int:
+    return ((x << b) | (x >> (64 - b))) & _M64
 
 
 class _DetectorLogic(StatefulBatchLogic[EventBatch, Output, bytes]):

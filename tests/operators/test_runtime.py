@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import pickle
+import threading
+from typing import ClassVar
 
+import bytewax.operators as op
 import numpy as np
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, TestingSource, cluster_main
 
 from connectors.events import EventBatch, LazyColumns
 from operators.detectors.entity import DuplicateDetector
-from operators.runtime import split_by_shard
+from operators.runtime import shard_key, split_by_shard
 from sketches import AgingBloomFilter
 from sketches.hashing import hash64_many
 
@@ -27,7 +32,9 @@ def _reference_split(batch: EventBatch, key: str, shards: int, seed: int) -> lis
     shard = ((hash64_many(batch[key], seed) >> np.uint64(40)) % np.uint64(shards)).astype(np.intp)
     order = np.argsort(shard, kind="stable")
     cuts = np.flatnonzero(np.diff(shard[order])) + 1
-    return [(f"{int(shard[idx[0]]):04d}", batch.take(idx)) for idx in np.split(order, cuts) if len(idx)]
+    return [
+        (shard_key(int(shard[idx[0]]), shards), batch.take(idx)) for idx in np.split(order, cuts) if len(idx)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -149,3 +156,32 @@ def test_project_keeps_only_named_columns_and_the_hashes() -> None:
     with pytest.raises(KeyError, match="no column 'nope'"):
         batch.project(["nope"])
     assert list(pickle.loads(pickle.dumps(small)).columns) == ["x", "key"]
+
+
+class _RecordWorker(op.StatefulBatchLogic[str, str, None]):
+    seen: ClassVar[dict[str, int]] = {}
+
+    def on_batch(self, values: list[str]) -> tuple[list[str], bool]:
+        for key in values:
+            self.seen[key] = threading.get_ident()
+        return [], op.StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(("shards", "workers"), [(16, 2), (16, 4), (12, 3), (8, 8), (5, 2)])
+def test_shard_keys_spread_evenly_over_bytewax_workers(shards: int, workers: int) -> None:
+    # Bytewax's own routing decides: run a flow keyed by the shard keys on `workers` threads.
+    keys = [shard_key(s, shards) for s in range(shards)]
+    _RecordWorker.seen.clear()
+    flow = Dataflow("shard_balance")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(keys)), lambda k: k)
+    op.output("out", op.stateful_batch("record", keyed, lambda _: _RecordWorker()), TestingSink([]))
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)  # type: ignore[no-untyped-call]
+    groups: dict[int, list[int]] = {}
+    for s, key in enumerate(keys):
+        groups.setdefault(_RecordWorker.seen[key], []).append(s)
+    assert sorted(map(sorted, groups.values())) == sorted(
+        [s for s in range(shards) if s % workers == w] for w in range(min(workers, shards))
+    )
