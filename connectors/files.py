@@ -15,21 +15,32 @@ Delivery: exactly-once input. The resume state is ``(byte offset, next position)
 line not yet emitted, so a resumed run continues right after the last line of the last snapshotted
 batch. The file must not be rewritten between runs (appending is fine); a file now shorter than the
 snapshot's offset is refused.
+
+Parse ahead (``FileSource(..., parse_ahead=True)``): a helper process per partition reads and
+parses the file one batch ahead of the worker, which then only rebuilds each batch from a compact
+copy (~0.2 s of the worker's time per million fraud lines instead of ~1.1 s): it puts a second
+core to work. Items, positions and resume states are the same as without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
+import multiprocessing
+import pickle
+import traceback
 from collections.abc import Iterable, Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.events import SCHEMAS, DeadLetter, EventBatch
-from connectors.parsing import MAX_RECORD_BYTES, CsvDialect, parse_lines
+from connectors.parsing import _INTERN_PROBE, MAX_RECORD_BYTES, CsvDialect, parse_lines
 
 __all__ = ["EXTENSIONS", "FileSource", "FileState", "SourceItem", "format_of", "write_csv", "write_jsonl"]
 
@@ -83,6 +94,10 @@ class FileSource(FixedPartitionedSource[SourceItem, FileState]):
         Line format; by default from the extension (.jsonl, .json, .ndjson, .csv).
     delimiter : str, default ","
         CSV field separator.
+    parse_ahead : bool, default False
+        Read and parse in a helper process (one per partition, started with ``spawn``), one
+        batch ahead of the worker; the worker only rebuilds the batches. Worth it for large
+        files on a machine with a core to spare; the helper takes ~0.5 s to start.
 
     Notes
     -----
@@ -98,6 +113,7 @@ class FileSource(FixedPartitionedSource[SourceItem, FileState]):
         fmt: str | None = None,
         *,
         delimiter: str = ",",
+        parse_ahead: bool = False,
     ) -> None:
         self.path = Path(path)
         self.fmt = format_of(self.path, fmt)
@@ -110,15 +126,20 @@ class FileSource(FixedPartitionedSource[SourceItem, FileState]):
         self.flow = flow
         self.batch_size = batch_size
         self.delimiter = delimiter
+        self.parse_ahead = parse_ahead
 
     def list_parts(self) -> list[str]:
         """One partition, named after the file."""
         return [self.path.name]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: FileState | None) -> _FilePartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: FileState | None
+    ) -> StatefulSourcePartition[SourceItem, FileState]:
         """Open the file at the start, or at the snapshot's offset."""
         if for_part != self.path.name:
             raise ValueError(f"step {step_id!r}: partition {for_part!r} is not file {self.path.name!r}")
+        if self.parse_ahead:
+            return _AheadPartition(self, resume_state)
         return _FilePartition(self, resume_state)
 
 
@@ -173,6 +194,149 @@ class _FilePartition(StatefulSourcePartition[SourceItem, FileState]):
         self._f.close()
 
 
+class _AheadPartition(StatefulSourcePartition[SourceItem, FileState]):
+    """A :class:`_FilePartition` run by a helper process, one batch ahead of the worker.
+
+    The helper (:func:`_ahead_main`) sends per batch: a header ``("batch", state after it,
+    events, dead letters, column encodings)`` then the positions and each column as one or two
+    byte strings (:func:`_encode_column`). The pipe's small buffer keeps it at most about one
+    batch ahead.
+    The snapshot is the state sent with the last batch returned, as without the helper.
+    """
+
+    def __init__(self, src: FileSource, resume_state: FileState | None) -> None:
+        check = _FilePartition(src, resume_state)  # errors (header, offset) raise here, not later
+        self._state = check.snapshot()
+        check.close()
+        self._flow = src.flow
+        self._source = str(src.path)
+        self._fields = SCHEMAS[src.flow].fields
+        self._done = False
+        ctx = multiprocessing.get_context("spawn")  # fork is unsafe in Bytewax's threaded workers
+        self._conn, child = ctx.Pipe(duplex=False)
+        args = (child, str(src.path), src.flow, src.batch_size, src.fmt, src.delimiter, self._state)
+        self._proc = ctx.Process(target=_ahead_main, args=args, daemon=True, name="sketchwatch-parse")
+        self._proc.start()
+        child.close()
+
+    def next_batch(self) -> list[SourceItem]:
+        if self._done:
+            raise StopIteration
+        try:
+            msg = self._conn.recv()
+            if msg[0] == "end":
+                self._done = True
+                self.close()
+                raise StopIteration
+            if msg[0] == "error":
+                raise RuntimeError(f"{self._source}: the parse-ahead process failed:\n{msg[1]}")
+            _, state, n, dead, encodings = msg
+            items: list[SourceItem] = []
+            if n:
+                positions = np.frombuffer(self._conn.recv_bytes(), dtype=np.int64).copy()
+                recv = self._conn.recv_bytes
+                columns = {
+                    f.name: _decode_column(f.dtype, enc, [recv() for _ in range(_PARTS[enc])], n)
+                    for f, enc in zip(self._fields, encodings, strict=True)
+                }
+                items.append(EventBatch(self._flow, positions, columns))
+        except (EOFError, OSError):
+            raise RuntimeError(
+                f"{self._source}: the parse-ahead process died (exit code {self._proc.exitcode})"
+            ) from None
+        items.extend(dead)
+        self._state = state
+        return items
+
+    def snapshot(self) -> FileState:
+        return self._state
+
+    def close(self) -> None:
+        self._conn.close()
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join(timeout=10)
+
+
+def _ahead_main(
+    conn: Connection, path: str, flow: str, batch_size: int, fmt: str, delimiter: str, state: FileState
+) -> None:
+    """The parse-ahead helper: read and parse batches, send them to the worker until EOF."""
+    try:
+        part = _FilePartition(FileSource(path, flow, batch_size, fmt, delimiter=delimiter), state)
+        try:
+            fields = SCHEMAS[flow].fields
+            while True:
+                try:
+                    items = part.next_batch()
+                except StopIteration:
+                    conn.send(("end",))
+                    return
+                batch = items[0] if items and isinstance(items[0], EventBatch) else None
+                dead = items[1:] if batch is not None else items
+                if batch is None:
+                    conn.send(("batch", part.snapshot(), 0, dead, ()))
+                    continue
+                encoded = [_encode_column(batch.columns[f.name]) for f in fields]
+                conn.send(("batch", part.snapshot(), len(batch), dead, [e for e, _ in encoded]))
+                conn.send_bytes(np.ascontiguousarray(batch.positions, dtype=np.int64).tobytes())
+                for _, parts in encoded:
+                    for data in parts:
+                        conn.send_bytes(data)
+        finally:
+            part.close()
+    except (BrokenPipeError, KeyboardInterrupt):  # the worker is gone or stopping
+        return
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+_PARTS: Final = {"raw": 1, "text": 1, "codes": 2, "pickle": 1}
+"""Byte strings sent per column, by encoding."""
+
+
+def _encode_column(col: Any) -> tuple[str, list[bytes]]:
+    """A column as ``(encoding, byte strings)`` for :func:`_decode_column`.
+
+    ``"raw"``: a numeric array's bytes. ``"text"``: the strings joined by NUL, UTF-8 (an event's
+    strings hold no NUL). ``"codes"``: a column of few distinct strings (judged on its first
+    values, like :class:`connectors.parsing._Interner`) as its distinct strings (as ``"text"``)
+    and int32 codes, so that equal values share one object on the worker too. ``"pickle"``: a
+    string column holding NUL (never from the parser).
+    """
+    if col.dtype != object:
+        return "raw", [np.ascontiguousarray(col).tobytes()]
+    values = col.tolist()
+    probe = values[:_INTERN_PROBE]
+    if 2 * len(set(probe)) <= len(probe):
+        distinct = list(dict.fromkeys(values))
+        joined = "\x00".join(distinct)
+        if joined.count("\x00") == len(distinct) - 1:
+            index = {v: i for i, v in enumerate(distinct)}
+            codes = np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values))
+            return "codes", [joined.encode("utf-8", "surrogatepass"), codes.tobytes()]
+    joined = "\x00".join(values)
+    if joined.count("\x00") == len(values) - 1:
+        return "text", [joined.encode("utf-8", "surrogatepass")]
+    return "pickle", [pickle.dumps(col, protocol=pickle.HIGHEST_PROTOCOL)]
+
+
+def _decode_column(dtype: Any, encoding: str, parts: list[bytes], n: int) -> Any:
+    """The inverse of :func:`_encode_column` (``n`` values of ``dtype``)."""
+    if encoding == "raw":
+        return np.frombuffer(parts[0], dtype=dtype).copy()
+    if encoding == "pickle":
+        return pickle.loads(parts[0])
+    values = parts[0].decode("utf-8", "surrogatepass").split("\x00")
+    if encoding == "text":
+        return np.fromiter(values, dtype=object, count=n)
+    distinct = np.fromiter(values, dtype=object, count=len(values))
+    return distinct[np.frombuffer(parts[1], dtype=np.int32)]
+
+
 class _LineReader:
     """Lines of a binary file read in chunks, with the number of bytes each batch consumed.
 
@@ -185,6 +349,7 @@ class _LineReader:
         self._pending: list[bytes] = []  # complete lines, without "\n"
         self._sizes: dict[int, int] = {}  # index in _pending -> true size of an oversized line
         self._next = 0  # index of the first pending line not yet returned
+        self._span = 0  # file bytes of the pending lines not yet returned (line breaks included)
         self._tail = b""  # bytes after the last "\n" read so far
         self._tail_size = 0  # true size of the tail (larger than len(_tail) if oversized)
         self._eof = False
@@ -195,23 +360,41 @@ class _LineReader:
         """Up to ``n`` lines and the bytes they span in the file (line breaks included)."""
         while len(self._pending) - self._next < n and not self._eof:
             self._fill()
-        end = min(self._next + n, len(self._pending))
-        lines = self._pending[self._next : end]
-        nbytes = sum(map(len, lines)) + len(lines)
+        start, end, total = self._next, min(self._next + n, len(self._pending)), len(self._pending)
+        lines = self._pending[start:end]
+        # Bytes spanned: all that is pending, or counted over the shorter side of the cut.
+        if end == total:
+            nbytes = self._span
+        elif end - start <= total - end:
+            nbytes = self._bytes_of(start, end)
+        else:
+            nbytes = self._span - self._bytes_of(end, total)
+        self._span -= nbytes
         if self._sizes:
-            for i in range(self._next, end):
-                if i in self._sizes:
-                    nbytes += self._sizes.pop(i) - len(self._pending[i])
-        if self._unterminated and lines and end == len(self._pending):
-            nbytes -= 1
-        self._next = end
-        if self._next > 4096 and self._next * 2 > len(self._pending):
-            self._pending = self._pending[self._next :]
-            self._sizes = {i - self._next: s for i, s in self._sizes.items()}
+            for i in [i for i in self._sizes if i < end]:
+                del self._sizes[i]
+        if end == total:
+            self._pending, self._next = [], 0
+            self._sizes.clear()
+        elif end > 4096 and end * 2 > total:
+            self._pending = self._pending[end:]
+            self._sizes = {i - end: s for i, s in self._sizes.items()}
             self._next = 0
+        else:
+            self._next = end
         if self._saw_cr:
             lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
         return lines, nbytes
+
+    def _bytes_of(self, start: int, end: int) -> int:
+        """File bytes of ``_pending[start:end]``, line breaks included."""
+        nbytes = sum(map(len, self._pending[start:end])) + (end - start)
+        for i, size in self._sizes.items():
+            if start <= i < end:
+                nbytes += size - len(self._pending[i])
+        if self._unterminated and end == len(self._pending) and end > start:
+            nbytes -= 1
+        return nbytes
 
     def _fill(self) -> None:
         chunk = self._f.read(_CHUNK)
@@ -219,6 +402,7 @@ class _LineReader:
             self._eof = True
             if self._tail_size:
                 self._add(self._tail, self._tail_size)
+                self._span += self._tail_size
                 self._unterminated = True
                 self._tail, self._tail_size = b"", 0
             return
@@ -228,17 +412,18 @@ class _LineReader:
         if len(parts) == 1:  # no line break in this chunk: the tail grows
             self._grow_tail(chunk)
             return
-        first = parts[0]
-        self._grow_tail(first)
+        last = parts[-1]
+        self._span += self._tail_size + len(chunk) - len(last)
+        self._grow_tail(parts[0])
         self._add(self._tail, self._tail_size)
-        rest = parts[1:-1]
-        if max(map(len, rest), default=0) > _HEAD:
-            for p in rest:
+        del parts[0], parts[-1]
+        if _may_hold_long_line(chunk) and max(map(len, parts), default=0) > _HEAD:
+            for p in parts:
                 self._add(p[:_HEAD], len(p))
         else:
-            self._pending.extend(rest)
+            self._pending.extend(parts)
         self._tail, self._tail_size = b"", 0
-        self._grow_tail(parts[-1])
+        self._grow_tail(last)
 
     def _grow_tail(self, data: bytes) -> None:
         room = _HEAD - len(self._tail)
@@ -250,6 +435,18 @@ class _LineReader:
         if size != len(line):
             self._sizes[len(self._pending)] = size
         self._pending.append(line)
+
+
+def _may_hold_long_line(chunk: bytes) -> bool:
+    """False if no line inside ``chunk`` can be longer than ``_HEAD`` bytes, checked with a few
+    ``find`` calls per MiB: every aligned block of ``(_HEAD + 1) // 2`` bytes holds a line break.
+
+    (A run of ``_HEAD + 1`` or more bytes without ``\\n`` covers at least one whole aligned block
+    of that size, and such a block lies inside the chunk when the run does.)
+    """
+    block = (_HEAD + 1) // 2
+    find = chunk.find
+    return any(find(b"\n", i, i + block) < 0 for i in range(0, len(chunk) - block + 1, block))
 
 
 def write_jsonl(path: str | Path, batches: Iterable[EventBatch]) -> int:

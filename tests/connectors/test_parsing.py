@@ -527,7 +527,7 @@ def test_fuzz_every_line_is_one_event_or_one_dead_letter(
 def reference_path() -> Iterator[None]:
     """Route parsing through the per-line decoder and the per-value column path."""
 
-    def slow_column(f: Field, values: Any, text: bool, exact: bool = False) -> Any:
+    def slow_column(f: Field, values: Any, text: bool, *_: Any) -> Any:
         return parsing._column_slow(f, values, text)
 
     with (
@@ -718,3 +718,120 @@ def test_differential_large_clean_and_dirty_batches() -> None:
                 want = parse_lines(flow, case, 42, "gen")
             assert_same(got, want)
             assert got[0] is not None and len(got[0]) + len(got[1]) == len(case)
+
+
+# --------------------------------------------------------------------------------------------
+# Interning: equal strings of a column share one object (only identity changes, never a value)
+
+
+def test_repeated_strings_share_one_object() -> None:
+    n = 20_000
+    types = ["purchase", "refund", "transfer"]
+    lines = [line(tx_id=f"t{i}", merchant_id=f"m{i % 5}", type=types[i % 3]) for i in range(n)]
+    batch, dead = parse_lines("fraud", lines, 0, "f")
+    assert not dead and batch is not None
+    for name, distinct in (("merchant_id", 5), ("type", 3), ("card_id", 1)):
+        col = batch[name].tolist()
+        assert len(set(col)) == distinct
+        assert len(set(map(id, col))) == distinct, name
+    assert batch["tx_id"].tolist() == [f"t{i}" for i in range(n)]
+    assert batch["merchant_id"].tolist() == [f"m{i % 5}" for i in range(n)]
+
+
+def test_interner_gives_up_on_mostly_distinct_columns() -> None:
+    interner = parsing._Interner()
+    ids = [f"id{i}" for i in range(parsing._INTERN_PROBE)]
+    assert interner(ids) == ids and interner.memo is None
+    fresh = ["x" + str(i) for i in range(3)]
+    assert interner(fresh) is fresh  # left alone from then on
+    few = parsing._Interner()
+    values = [str(i % 7) for i in range(2 * parsing._INTERN_PROBE)]
+    out = few(values)
+    assert out == values and len(set(map(id, out))) == 7 and few.memo is not None
+
+
+_POOL = ["", " ", "a", "Café ☕", "😀", "12", "a\x00b", "\ud800", "acme", "x" * 40]
+
+
+@st.composite
+def _repetitive_case(draw: st.DrawFn) -> tuple[str, list[bytes]]:
+    """A flow and lines whose string fields repeat a few values (odd ones included)."""
+    flow = draw(st.sampled_from(sorted(SCHEMAS)))
+    fields = SCHEMAS[flow].fields
+    pools = {
+        f.name: draw(st.lists(st.sampled_from(_POOL), min_size=1, max_size=4))
+        for f in fields
+        if f.kind == "str"
+    }
+    value = {f.name: _value(f.kind, f.low, f.high) for f in fields}
+    lines = []
+    for _ in range(draw(st.integers(0, 60))):
+        if draw(st.integers(0, 19)) == 0:
+            lines.append(draw(st.sampled_from([b"", b"{bad", b"[]", b"\xff"])))
+            continue
+        rec: dict[str, Any] = {}
+        for f in fields:
+            if f.name in pools and draw(st.integers(0, 9)):
+                rec[f.name] = draw(st.sampled_from(pools[f.name]))
+            elif f.required or draw(st.booleans()):
+                rec[f.name] = draw(value[f.name])
+        raw = json.dumps(rec, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
+        lines.append(raw)
+    return flow, lines
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_repetitive_case(), st.integers(1, 7), st.sampled_from([1, 3, 8192]))
+def test_differential_repeated_values(case: tuple[str, list[bytes]], piece: int, probe: int) -> None:
+    """Repeated (and odd) strings, interned across pieces or given up on early: same result as
+    the reference path (which interns nothing)."""
+    flow, lines = case
+    with patch.object(parsing, "_JSONL_PIECE", piece), patch.object(parsing, "_INTERN_PROBE", probe):
+        got = parse_lines(flow, lines, 10, "rep")
+    with reference_path():
+        want = parse_lines(flow, lines, 10, "rep")
+    assert_same(got, want)
+    # Decoded records (Kafka) and CSV rows take the same column path.
+    records: list[Any] = []
+    for raw in lines:
+        try:
+            records.append(json.loads(raw))
+        except ValueError:
+            records.append(raw)
+    positions = list(range(len(records)))
+    with patch.object(parsing, "_INTERN_PROBE", probe):
+        got_records = parse_records(flow, records, positions, "k", lines)
+    with reference_path():
+        want_records = parse_records(flow, records, positions, "k", lines)
+    assert_same(got_records, want_records)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["t1", "t2", "", "Café", "a\x00b", '"q"', "x,y"]),
+            st.sampled_from(["0.5", "-1", "2", "", "nan", "x", "1e0"]),
+            st.sampled_from(["1700000000", "2026-11-22T06:40:05Z", "", "2026-11-22T06:40:05", "-5"]),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([1, 3, 8192]),
+)
+def test_differential_csv_rows(rows: list[tuple[str, str, str]], probe: int) -> None:
+    """CSV rows with repeated odd cells: same batch and dead letters as the per-value path."""
+    import csv
+    import io
+
+    dialect = CsvDialect.from_header(b"brand,sentiment,ts")
+    lines = []
+    for row in rows:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="").writerow(row)
+        lines.append(buf.getvalue().encode("utf-8", "surrogatepass"))
+    with patch.object(parsing, "_INTERN_PROBE", probe):
+        got = parse_lines("sentiment", lines, 0, "c.csv", "csv", dialect=dialect)
+    with reference_path():
+        want = parse_lines("sentiment", lines, 0, "c.csv", "csv", dialect=dialect)
+    check_invariant(lines, 0, *want)
+    assert_same(got, want)
