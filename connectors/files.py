@@ -29,7 +29,6 @@ import csv
 import io
 import math
 import multiprocessing
-import pickle
 import traceback
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection
@@ -39,8 +38,8 @@ from typing import Any, Final
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.events import SCHEMAS, DeadLetter, EventBatch
-from connectors.parsing import _INTERN_PROBE, MAX_RECORD_BYTES, CsvDialect, parse_lines
+from connectors.events import COLUMN_PARTS, SCHEMAS, DeadLetter, EventBatch, decode_column, encode_column
+from connectors.parsing import MAX_RECORD_BYTES, CsvDialect, parse_lines
 
 __all__ = ["EXTENSIONS", "FileSource", "FileState", "SourceItem", "format_of", "write_csv", "write_jsonl"]
 
@@ -236,7 +235,7 @@ class _AheadPartition(StatefulSourcePartition[SourceItem, FileState]):
                 positions = np.frombuffer(self._conn.recv_bytes(), dtype=np.int64).copy()
                 recv = self._conn.recv_bytes
                 columns = {
-                    f.name: _decode_column(f.dtype, enc, [recv() for _ in range(_PARTS[enc])], n)
+                    f.name: decode_column(f.dtype, enc, [recv() for _ in range(COLUMN_PARTS[enc])], n)
                     for f, enc in zip(self._fields, encodings, strict=True)
                 }
                 items.append(EventBatch(self._flow, positions, columns))
@@ -277,7 +276,7 @@ def _ahead_main(
                 if batch is None:
                     conn.send(("batch", part.snapshot(), 0, dead, ()))
                     continue
-                encoded = [_encode_column(batch.columns[f.name]) for f in fields]
+                encoded = [encode_column(batch.columns[f.name]) for f in fields]
                 conn.send(("batch", part.snapshot(), len(batch), dead, [e for e, _ in encoded]))
                 conn.send_bytes(np.ascontiguousarray(batch.positions, dtype=np.int64).tobytes())
                 for _, parts in encoded:
@@ -292,49 +291,6 @@ def _ahead_main(
             conn.send(("error", traceback.format_exc()))
     finally:
         conn.close()
-
-
-_PARTS: Final = {"raw": 1, "text": 1, "codes": 2, "pickle": 1}
-"""Byte strings sent per column, by encoding."""
-
-
-def _encode_column(col: Any) -> tuple[str, list[bytes]]:
-    """A column as ``(encoding, byte strings)`` for :func:`_decode_column`.
-
-    ``"raw"``: a numeric array's bytes. ``"text"``: the strings joined by NUL, UTF-8 (an event's
-    strings hold no NUL). ``"codes"``: a column of few distinct strings (judged on its first
-    values, like :class:`connectors.parsing._Interner`) as its distinct strings (as ``"text"``)
-    and int32 codes, so that equal values share one object on the worker too. ``"pickle"``: a
-    string column holding NUL (never from the parser).
-    """
-    if col.dtype != object:
-        return "raw", [np.ascontiguousarray(col).tobytes()]
-    values = col.tolist()
-    probe = values[:_INTERN_PROBE]
-    if 2 * len(set(probe)) <= len(probe):
-        distinct = list(dict.fromkeys(values))
-        joined = "\x00".join(distinct)
-        if joined.count("\x00") == len(distinct) - 1:
-            index = {v: i for i, v in enumerate(distinct)}
-            codes = np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values))
-            return "codes", [joined.encode("utf-8", "surrogatepass"), codes.tobytes()]
-    joined = "\x00".join(values)
-    if joined.count("\x00") == len(values) - 1:
-        return "text", [joined.encode("utf-8", "surrogatepass")]
-    return "pickle", [pickle.dumps(col, protocol=pickle.HIGHEST_PROTOCOL)]
-
-
-def _decode_column(dtype: Any, encoding: str, parts: list[bytes], n: int) -> Any:
-    """The inverse of :func:`_encode_column` (``n`` values of ``dtype``)."""
-    if encoding == "raw":
-        return np.frombuffer(parts[0], dtype=dtype).copy()
-    if encoding == "pickle":
-        return pickle.loads(parts[0])
-    values = parts[0].decode("utf-8", "surrogatepass").split("\x00")
-    if encoding == "text":
-        return np.fromiter(values, dtype=object, count=n)
-    distinct = np.fromiter(values, dtype=object, count=len(values))
-    return distinct[np.frombuffer(parts[1], dtype=np.int32)]
 
 
 class _LineReader:

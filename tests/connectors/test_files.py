@@ -16,6 +16,7 @@ from bytewax.testing import TestingSink, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import connectors.events as events
 import connectors.files as files
 from connectors.events import DeadLetter, EventBatch
 from connectors.files import FileSource, format_of, write_csv, write_jsonl
@@ -502,16 +503,16 @@ _CELLS = st.sampled_from(["", "a", "Café ☕", "😀", "\ud800", "a\x00b", "x" 
     st.sampled_from([1, 4, 8192]),
 )
 def test_ahead_column_encoding_round_trips(values: list[Any], probe: int) -> None:
-    """Columns through ``_encode_column`` / ``_decode_column``: same dtype, values and bits."""
+    """Columns through ``encode_column`` / ``decode_column``: same dtype, values and bits."""
     if isinstance(values[0], str):
         col = np.empty(len(values), dtype=object)
         col[:] = values
     else:
         col = np.asarray(values, dtype=np.float64 if isinstance(values[0], float) else np.int64)
-    with patch.object(files, "_INTERN_PROBE", probe):
-        encoding, parts = files._encode_column(col)
-    assert len(parts) == files._PARTS[encoding]
-    back = files._decode_column(col.dtype, encoding, parts, len(col))
+    with patch.object(events, "_PROBE", probe):
+        encoding, parts = events.encode_column(col)
+    assert len(parts) == events.COLUMN_PARTS[encoding]
+    back = events.decode_column(col.dtype, encoding, parts, len(col))
     assert back.dtype == col.dtype and back.shape == col.shape
     if col.dtype == object:
         assert [type(v) for v in back.tolist()] == [str] * len(col)

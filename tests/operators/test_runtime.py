@@ -185,3 +185,21 @@ def test_shard_keys_spread_evenly_over_bytewax_workers(shards: int, workers: int
     assert sorted(map(sorted, groups.values())) == sorted(
         [s for s in range(shards) if s % workers == w] for w in range(min(workers, shards))
     )
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["a", "b", "a", "é", ""],  # few distinct: codes
+        [f"s{i}" for i in range(5)],  # distinct: joined text
+        ["a\x00b", "c", "d", "e", "f"],  # a NUL inside: pickled
+        [1, "x", None, 2.5, b"y"],  # not strings: pickled
+    ],
+)
+def test_batches_pickle_their_columns_exactly(values: list[object]) -> None:
+    col = np.empty(len(values), dtype=object)
+    col[:] = values
+    batch = EventBatch("demo", np.arange(5, dtype=np.int64), {"s": col, "x": np.linspace(0, 1, 5)})
+    back = pickle.loads(pickle.dumps(batch))
+    assert back["s"].tolist() == values and back["s"].dtype == object
+    assert back["x"].tolist() == batch["x"].tolist() and back["x"].dtype == np.float64
