@@ -214,7 +214,7 @@ class EventBatch:
         return out
 
     def project(self, names: Sequence[str]) -> EventBatch:
-        """The same events with only the columns ``names`` (views; memoised hashes kept).
+        """The same events with only the columns ``names`` (views; memoised results shared).
 
         What a step sends to another worker is pickled whole: a step that reads few columns
         sends only those.
@@ -227,7 +227,10 @@ class EventBatch:
         if missing:
             raise KeyError(f"batch of flow {self.flow!r} has no column {missing[0]!r}")
         columns = self.columns
-        return EventBatch(self.flow, self.positions, LazyColumns(names, lambda n: columns[n]), self.hashes)
+        # hashes and memo are shared: they are functions of the events, whatever columns show
+        return EventBatch(
+            self.flow, self.positions, LazyColumns(names, lambda n: columns[n]), self.hashes, self.memo
+        )
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The events as plain dicts (for JSON Lines, samples and tests)."""

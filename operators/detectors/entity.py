@@ -126,6 +126,18 @@ def _entity_keys(batch: EventBatch, column: str) -> KeyArray:
     return batch.key_hashes(column, _ENTITY_SEED)
 
 
+def _groups(batch: EventBatch, column: str) -> _Groups:
+    """:class:`_Groups` of ``batch`` by ``column``, memoised on the batch (read-only arrays):
+    amount_outlier and card_velocity group the same sub-batch by card."""
+    key = ("entity_groups", column)
+    groups: _Groups | None = batch.memo.get(key)
+    if groups is None:
+        groups = batch.memo[key] = _Groups(_entity_keys(batch, column))
+        for name in _Groups.__slots__:
+            getattr(groups, name).flags.writeable = False
+    return groups
+
+
 def _timestamps(batch: EventBatch) -> FloatArray:
     return np.asarray(batch["ts"], dtype=np.float64)
 
@@ -547,7 +559,7 @@ class OutlierDetector(Detector):
             self._process(batch.take(np.arange(half)), lv[:half], ts[:half], out)
             self._process(batch.take(np.arange(half, n)), lv[half:], ts[half:], out)
             return
-        g = _Groups(_entity_keys(batch, self.entity_column))
+        g = _groups(batch, self.entity_column)
         order = g.order
         sts, slv = ts[order], lv[order]
         clock = _shard_clock(ts, self._clock)[order]
@@ -764,7 +776,7 @@ class _DGIMDetector(Detector):
         """Vectorised across entities: one :class:`DGIMTable` row per entity (the same buckets
         as one ``DGIM`` per entity), the cooldown chain in Python over the candidate events only."""
         ts = _timestamps(batch)
-        g = _Groups(_entity_keys(batch, self.entity_column))
+        g = _groups(batch, self.entity_column)
         sts = ts[g.order]
         clock = _shard_clock(ts, self._clock)[g.order]
         self._clock = float(clock.max())
@@ -844,7 +856,7 @@ class _DGIMDetector(Detector):
         """One :class:`sketches.DGIM` object per entity, one Python step per event (windows
         longer than a :class:`DGIMTable` supports)."""
         ts = _timestamps(batch)
-        g = _Groups(_entity_keys(batch, self.entity_column))
+        g = _groups(batch, self.entity_column)
         sts = ts[g.order]
         clock = _shard_clock(ts, self._clock)[g.order]
         self._clock = float(clock.max())
@@ -1183,7 +1195,7 @@ class StuckDetector(Detector):
         if n == 0:
             return []
         ts = _timestamps(batch)
-        g = _Groups(_entity_keys(batch, self.entity_column))
+        g = _groups(batch, self.entity_column)
         order = g.order
         sts = ts[order]
         values = np.asarray(batch[self.value_column], dtype=np.float64)[order]

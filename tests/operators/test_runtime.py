@@ -203,3 +203,10 @@ def test_batches_pickle_their_columns_exactly(values: list[object]) -> None:
     back = pickle.loads(pickle.dumps(batch))
     assert back["s"].tolist() == values and back["s"].dtype == object
     assert back["x"].tolist() == batch["x"].tolist() and back["x"].dtype == np.float64
+
+
+def test_balanced_key_table_is_what_the_search_finds() -> None:
+    from operators import runtime
+
+    assert [runtime.balanced_key(s) for s in range(64)] == list(runtime._BALANCED_KEYS)
+    assert shard_key(3, 64) == runtime._BALANCED_KEYS[3] and shard_key(3, 65) == "0003"
