@@ -90,8 +90,10 @@ class MemorySource(FixedPartitionedSource[EventBatch, int]):
 class MultiFileSource(FixedPartitionedSource[Any, Any]):
     """Several JSONL files, one partition per file (each a ``connectors.files.FileSource``)."""
 
-    def __init__(self, paths: list[str], batch: int) -> None:
-        self.sources = {Path(p).name: FileSource(p, "fraud", batch_size=batch) for p in paths}
+    def __init__(self, paths: list[str], batch: int, parse_ahead: bool = False) -> None:
+        self.sources = {
+            Path(p).name: FileSource(p, "fraud", batch_size=batch, parse_ahead=parse_ahead) for p in paths
+        }
 
     def list_parts(self) -> list[str]:
         return list(self.sources)
@@ -126,9 +128,10 @@ def generated_flow(
     return _build(_config(db, batch), MemorySource(events, cards, merchants, batch, preload))
 
 
-def files_flow(paths: list[str], db: str, batch: int = BATCH) -> Dataflow:
-    """The fraud flow on JSONL ``paths`` (one partition each), alerts into SQLite ``db``."""
-    return _build(_config(db, batch), MultiFileSource(paths, batch))
+def files_flow(paths: list[str], db: str, batch: int = BATCH, parse_ahead: bool = False) -> Dataflow:
+    """The fraud flow on JSONL ``paths`` (one partition each), alerts into SQLite ``db``;
+    ``parse_ahead``: each file read and parsed in a helper process (``SKETCHWATCH_PARSE_AHEAD``)."""
+    return _build(_config(db, batch), MultiFileSource(paths, batch, parse_ahead))
 
 
 # -- latency -----------------------------------------------------------------------------------

@@ -44,6 +44,10 @@ Variables
     Seconds of event time after which an idle entity's state is dropped, a number > 0.
 ``SKETCHWATCH_SAMPLE_K`` (default ``20``)
     Events kept per stratum and window by the sampler, in [0, 1000000]; 0 disables sampling.
+``SKETCHWATCH_PARSE_AHEAD`` (default ``0``)
+    ``1``: a file source reads and parses in a helper process per file, one batch ahead of
+    the worker (another core does the parsing: 1M fraud lines ~0.37M -> ~0.65M events/s on 2
+    cores); ``0``: in the worker. The items and resume state are the same either way.
 ``SKETCHWATCH_<FLOW>_<NAME>``
     Detector parameters of one flow, read with :meth:`Config.param`, e.g.
     ``SKETCHWATCH_FRAUD_VELOCITY_THRESHOLD=8``. The flows document their names.
@@ -94,6 +98,7 @@ DEFAULTS: Final[dict[str, str]] = {
     "SKETCHWATCH_SHARDS": "4",
     "SKETCHWATCH_IDLE_TTL": "3600",
     "SKETCHWATCH_SAMPLE_K": "20",
+    "SKETCHWATCH_PARSE_AHEAD": "0",
 }
 """Every global variable and its default."""
 
@@ -153,6 +158,7 @@ class Config:
     shards: int
     idle_ttl: float
     sample_k: int
+    parse_ahead: bool = False
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -189,6 +195,7 @@ class Config:
             shards=_number("SKETCHWATCH_SHARDS", get("SKETCHWATCH_SHARDS"), int, 1, 4096),
             idle_ttl=_positive("SKETCHWATCH_IDLE_TTL", get("SKETCHWATCH_IDLE_TTL")),
             sample_k=_number("SKETCHWATCH_SAMPLE_K", get("SKETCHWATCH_SAMPLE_K"), int, 0, 1_000_000),
+            parse_ahead=bool(_number("SKETCHWATCH_PARSE_AHEAD", get("SKETCHWATCH_PARSE_AHEAD"), int, 0, 1)),
             env=own,
         )
 
@@ -414,7 +421,7 @@ def build_source(config: Config, generator_factory: Callable[[str], GenerateFn] 
         return GeneratorSource(config.flow, generate, config.events, config.seed, config.batch)
     if spec.kind == "file":
         try:
-            return FileSource(spec.path, config.flow, batch_size=config.batch)
+            return FileSource(spec.path, config.flow, batch_size=config.batch, parse_ahead=config.parse_ahead)
         except (OSError, ValueError) as e:
             raise ConfigError(f"SKETCHWATCH_SOURCE: {e}") from e
     raise ConfigError(f"SKETCHWATCH_SOURCE: {_KAFKA_INPUT}")

@@ -41,6 +41,7 @@ def test_defaults() -> None:
         3600.0,
         20,
     )
+    assert c.parse_ahead is False
     assert "PATH" not in c.env
 
 
@@ -54,8 +55,10 @@ def test_values_are_read() -> None:
             "SKETCHWATCH_SHARDS": "4096",
             "SKETCHWATCH_IDLE_TTL": "90.5",
             "SKETCHWATCH_SAMPLE_K": "0",
+            "SKETCHWATCH_PARSE_AHEAD": "1",
         },
     )
+    assert c.parse_ahead is True
     assert (c.events, c.seed, c.batch, c.shards, c.idle_ttl, c.sample_k) == (
         2000,
         2**32 - 1,
@@ -86,6 +89,11 @@ def test_values_are_read() -> None:
         ("SKETCHWATCH_IDLE_TTL", "0", "SKETCHWATCH_IDLE_TTL: expected a number of seconds > 0, got '0'"),
         ("SKETCHWATCH_IDLE_TTL", "inf", "SKETCHWATCH_IDLE_TTL: expected a number of seconds > 0, got 'inf'"),
         ("SKETCHWATCH_SAMPLE_K", "-1", "SKETCHWATCH_SAMPLE_K: expected an integer in [0, 1000000], got '-1'"),
+        (
+            "SKETCHWATCH_PARSE_AHEAD",
+            "yes",
+            "SKETCHWATCH_PARSE_AHEAD: expected an integer in [0, 1], got 'yes'",
+        ),
         (
             "SKETCHWATCH_SOURCE",
             "s3://bucket/x",
