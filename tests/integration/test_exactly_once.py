@@ -158,7 +158,8 @@ def test_five_sigkills_then_resume_lose_and_duplicate_nothing(stack: Stack, expe
     rng = random.Random(SEED)
     kills = 0
     while kills < 5:
-        proc = stack.start()
+        # small source batches keep each run busy long enough to be killed mid-stream
+        proc = stack.start(SKETCHWATCH_BATCH="200")
         time.sleep(rng.uniform(1.5, 4.0))
         if proc.poll() is not None:
             break  # finished before the kill: the remaining runs would find nothing to do

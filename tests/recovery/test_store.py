@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors.config import DEFAULTS
 from connectors.sql import read_alerts
 from recovery.__main__ import main
 from recovery.store import StoreError, init_store, inspect_store, partition_files, reset_store
@@ -108,7 +109,8 @@ def test_inspect_a_real_run(ran: Path) -> None:
         s = steps[f"sketchwatch_iot.{name}"]
         assert 1 <= s.keys <= 16 and s.values is None  # pickled detector shards: size only
         assert 0 < s.max_bytes <= s.total_bytes and s.epoch <= report.last_complete_epoch
-    assert steps["sketchwatch_iot.duplicate_payload"].keys == 16  # every shard saw a device
+    shards = int(DEFAULTS["SKETCHWATCH_SHARDS"])
+    assert steps["sketchwatch_iot.duplicate_payload"].keys == shards  # every shard saw a device
     summary = steps["sketchwatch_iot.summary"].values
     assert summary is not None and summary["all"]["events"] == EVENTS
     total = 0
