@@ -41,7 +41,7 @@ from operators.alerts import Alert
 from operators.runtime import Detector, Output
 from operators.windows import NEVER, Ewma, Plan, Sliding, Tumbling, WindowClock, Windows
 from sketches import AMSSketch, CountMinSketch, HyperLogLog, SpaceSaving
-from sketches.hashing import hash64_many
+from sketches.hashing import fmix64, hash64_many
 
 __all__ = [
     "PaneDetector",
@@ -58,6 +58,8 @@ KEY_SEED: Final = 0x5EED_3A1D
 _U64 = NDArray[np.uint64]
 _GLOBAL: Final = np.zeros(1, dtype=np.uint64)
 _OBJ = NDArray[np.object_]
+_TYPE_SALT: Final = 0x7E9E_5A17_0000_0001
+"""Mixed into the type hash before it is combined with the merchant's (xor of equal hashes is 0)."""
 _SCALE: Final = 10**9
 """Fixed point of exact sentiment sums (integer sums add up the same in any order)."""
 
@@ -239,14 +241,23 @@ class WindowedCountSurge(PaneDetector):
         self.ewma = Ewma(self.windows, alpha, idle_ttl)
 
     def _prepare(self, batch: EventBatch) -> dict[str, Any]:
-        entity = batch["merchant_id"] + "/" + batch["type"]
-        return {"entity": entity, "key": hash64_many(entity, KEY_SEED)}
+        # One key per (merchant, type) from the column hashes (the merchant's is the routing
+        # hash, already computed); the "merchant/type" name only for distinct keys (_add).
+        merchant = batch.key_hashes("merchant_id", self.seed)
+        kind = fmix64(batch.key_hashes("type", self.seed) ^ np.uint64(_TYPE_SALT))
+        key = fmix64(merchant ^ kind)
+        return {"key": key, "merchant": batch["merchant_id"], "type": batch["type"]}
 
     def _new_pane(self) -> _CountPane:
         return _CountPane(CountMinSketch.from_error(self.epsilon, self.delta, seed=self.seed))
 
     def _add(self, pane: _CountPane, cols: dict[str, Any], idx: NDArray[np.intp]) -> None:
-        pane.add(cols["key"][idx], cols["entity"][idx])
+        keys = cols["key"][idx]
+        pane.cms.update(keys)
+        distinct, first = np.unique(keys, return_index=True)
+        rows = idx[first]
+        names = cols["merchant"][rows] + "/" + cols["type"][rows]
+        pane.keys, pane.names = _union(pane.keys, pane.names, distinct, names)
 
     def _evaluate(self, window_id: int, panes: list[_CountPane]) -> list[Alert]:
         (pane,) = panes
