@@ -18,7 +18,8 @@ d. peak RSS with 1M cards and 100k merchants (lazy generation, recovery on) and 
 e. alert latency at 100k events/s (paced source; per *batch*: batch emission to the SQLite
    write of its alerts; window alerts excluded).
 f. recovery cost: a without recovery; snapshot bytes per epoch.
-g. scale-out: the events in 4 JSONL files by card (4 input partitions), 2 processes vs 1.
+g. scale-out: the events in 4 JSONL files by card (4 input partitions), 2 processes vs 1,
+   compared on the flows' own summary rates (a cluster's start-up varies too much to subtract).
 h. Kafka (tansu, started here) -> fraud flow -> Postgres (a throwaway cluster), events/s next to
    the broker's own consume rate (a plain confluent-kafka consumer, no parsing) as the ceiling
    (``bench._kafka``).
@@ -262,7 +263,10 @@ class Bench:
         r = self.results
         r["g_1_process"] = self.timed(one(paths), n, self.startup(one(empties)))
         r["g_2_processes"] = self.timed(two(paths), n, self.startup(two(empties)))
-        r["g_speedup"] = r["g_2_processes"]["events_s"]["median"] / r["g_1_process"]["events_s"]["median"]
+        # The flows' own clock (first batch at the summary step to end of input): the start-up
+        # of a 2-process cluster varies by ~1 s (connection retries), too much to subtract.
+        one_s, two_s = (r[k]["summary_events_s"]["median"] for k in ("g_1_process", "g_2_processes"))
+        r["g_speedup"] = two_s / one_s
 
     def kafka(self, events: int) -> None:
         """h: tansu and Postgres started here; see ``bench._kafka``."""
@@ -369,8 +373,10 @@ def report(r: dict[str, Any]) -> str:
         )
     )
     if "g_speedup" in r:
-        rows.append(("g 1 process, 4 files", _fmt(r["g_1_process"]["events_s"], m, "M/s"), ""))
-        rows.append(("g 2 processes, 4 files", _fmt(r["g_2_processes"]["events_s"], m, "M/s"), ""))
+        for key, label in (("g_1_process", "g 1 process"), ("g_2_processes", "g 2 processes")):
+            g = r[key]
+            rows.append((f"{label}, 4 files (summary)", _fmt(g["summary_events_s"], m, "M/s"), ""))
+            rows.append((f"{label}, wall - start-up", _fmt(g["events_s"], m, "M/s"), "start-up varies ~1 s"))
         speedup = r["g_speedup"]
         rows.append(("g speed-up", f"{speedup:.2f}x", _check(speedup >= 1.6, speedup, 1.6)))
     if "h_kafka" in r:
