@@ -261,19 +261,20 @@ def encode_column(col: Any) -> tuple[str, list[bytes]]:
     if col.dtype != object:
         return "raw", [np.ascontiguousarray(col).tobytes()]
     values = col.tolist()
-    if not all(type(v) is str for v in values[:_PROBE]) or not _all_str(values):
-        return "pickle", [pickle.dumps(col, protocol=pickle.HIGHEST_PROTOCOL)]
     probe = values[:_PROBE]
-    if 2 * len(set(probe)) <= len(probe):
-        distinct = list(dict.fromkeys(values))
-        joined = "\x00".join(distinct)
-        if joined.count("\x00") == len(distinct) - 1:
-            index = {v: i for i, v in enumerate(distinct)}
-            codes = np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values))
-            return "codes", [joined.encode("utf-8", "surrogatepass"), codes.tobytes()]
-    joined = "\x00".join(values)
-    if joined.count("\x00") == len(values) - 1:
-        return "text", [joined.encode("utf-8", "surrogatepass")]
+    try:  # a value that is not a str (or not hashable) raises TypeError in join or set
+        if 2 * len(set(probe)) <= len(probe):
+            distinct = list(dict.fromkeys(values))
+            joined = "\x00".join(distinct)
+            if joined.count("\x00") == len(distinct) - 1:
+                index = {v: i for i, v in enumerate(distinct)}
+                codes = np.fromiter(map(index.__getitem__, values), dtype=np.int32, count=len(values))
+                return "codes", [joined.encode("utf-8", "surrogatepass"), codes.tobytes()]
+        text: str | None = "\x00".join(values)
+    except TypeError:
+        text = None
+    if text is not None and text.count("\x00") == len(values) - 1:
+        return "text", [text.encode("utf-8", "surrogatepass")]
     return "pickle", [pickle.dumps(col, protocol=pickle.HIGHEST_PROTOCOL)]
 
 
@@ -291,14 +292,6 @@ def decode_column(dtype: Any, encoding: str, parts: list[bytes], n: int) -> Any:
 
 
 _PROBE: Final = 8192
-
-
-def _all_str(values: list[Any]) -> bool:
-    try:
-        "".join(values)  # C speed; raises on the first value that is not a str
-    except TypeError:
-        return False
-    return True
 
 
 def _read_only(array: NDArray[Any]) -> NDArray[Any]:

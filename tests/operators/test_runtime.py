@@ -194,6 +194,7 @@ def test_shard_keys_spread_evenly_over_bytewax_workers(shards: int, workers: int
         [f"s{i}" for i in range(5)],  # distinct: joined text
         ["a\x00b", "c", "d", "e", "f"],  # a NUL inside: pickled
         [1, "x", None, 2.5, b"y"],  # not strings: pickled
+        [["a"], "b", "c", "d", "e"],  # unhashable: pickled
     ],
 )
 def test_batches_pickle_their_columns_exactly(values: list[object]) -> None:
@@ -202,6 +203,12 @@ def test_batches_pickle_their_columns_exactly(values: list[object]) -> None:
     batch = EventBatch("demo", np.arange(5, dtype=np.int64), {"s": col, "x": np.linspace(0, 1, 5)})
     back = pickle.loads(pickle.dumps(batch))
     assert back["s"].tolist() == values and back["s"].dtype == object
+    for one in ([5], [""], [None], []):  # single values and an empty column
+        col1 = np.empty(len(one), dtype=object)
+        col1[:] = one
+        assert (
+            pickle.loads(pickle.dumps(EventBatch("d", np.arange(len(one)), {"s": col1})))["s"].tolist() == one
+        )
     assert back["x"].tolist() == batch["x"].tolist() and back["x"].dtype == np.float64
 
 
