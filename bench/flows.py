@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from connectors.config import DEFAULTS
 from connectors.events import EventBatch
 from connectors.files import write_jsonl
 from connectors.generators import generator
@@ -94,7 +95,10 @@ class Bench:
 
     def __init__(self, events: int, repeats: int, tmp: Path) -> None:
         self.n, self.repeats, self.tmp = events, repeats, tmp
-        self.results: dict[str, Any] = {"events": events, "repeats": repeats}
+        # The flows' default batch; smaller for small N, so a run is several batches (the
+        # summary rate counts from the first batch on).
+        self.batch = min(int(DEFAULTS["SKETCHWATCH_BATCH"]), max(1_000, events // 10))
+        self.results: dict[str, Any] = {"events": events, "repeats": repeats, "batch": self.batch}
         self.file = tmp / "events.jsonl"
         write_jsonl(self.file, generator("fraud")(events, 7, 0, 10_000))
         self.empty = tmp / "empty.jsonl"
@@ -135,7 +139,7 @@ class Bench:
         def sw(path: Path, recovery: bool, ahead: bool = False) -> Any:
             def make() -> list[list[str]]:
                 db = str(self.fresh("sw.db"))
-                env_target = f"bench._measure:files_flow([{str(path)!r}], {db!r}, parse_ahead={ahead})"
+                env_target = f"bench._measure:files_flow([{str(path)!r}], {db!r}, {self.batch}, {ahead})"
                 return [_bx(env_target, *(self.store() if recovery else []))]
 
             return make
@@ -164,7 +168,8 @@ class Bench:
         _run(
             [
                 _bx(
-                    f"bench._measure:files_flow([{str(self.file)!r}], {str(self.fresh('x.db'))!r})",
+                    f"bench._measure:files_flow([{str(self.file)!r}], {str(self.fresh('x.db'))!r}, "
+                    f"{self.batch})",
                     "-r",
                     str(store),
                     "-s",
@@ -186,7 +191,8 @@ class Bench:
     def generated(self, cards: int, merchants: int = 0, preload: bool = True, recovery: bool = False) -> Any:
         def make() -> list[list[str]]:
             db = str(self.fresh("g.db"))
-            t = f"bench._measure:generated_flow({self.n}, {db!r}, {cards}, {merchants}, {preload})"
+            args = f"{self.n}, {db!r}, {cards}, {merchants}, {preload}, {self.batch}"
+            t = f"bench._measure:generated_flow({args})"
             return [_bx(t, *(self.store() if recovery else []))]
 
         return make
@@ -204,7 +210,7 @@ class Bench:
         store = self.fresh("store")
         init_store(store, 1)
         db = str(self.fresh("m.db"))
-        t = f"bench._measure:generated_flow({self.n}, {db!r}, {cards}, {merchants}, False)"
+        t = f"bench._measure:generated_flow({self.n}, {db!r}, {cards}, {merchants}, False, {self.batch})"
         _, rss, _ = _run([_bx(t, "-r", str(store), "-s", "5", "-b", "0")], self.tmp)
         steps = {s.step_id.rsplit(".", 1)[-1]: s.total_bytes for s in inspect_store(store).steps}
         active = min(cards, self.n)
@@ -240,7 +246,9 @@ class Bench:
             Path(p).write_text("")
 
         def one(ps: list[str]) -> Any:
-            return lambda: [_bx(f"bench._measure:files_flow({ps!r}, {str(self.fresh('s.db'))!r})")]
+            return lambda: [
+                _bx(f"bench._measure:files_flow({ps!r}, {str(self.fresh('s.db'))!r}, {self.batch})")
+            ]
 
         def two(ps: list[str]) -> Any:
             def make() -> list[list[str]]:
@@ -248,7 +256,7 @@ class Bench:
                 addrs = ";".join(f"127.0.0.1:{p}" for p in ports)
                 return [
                     _bx(
-                        f"bench._measure:files_flow({ps!r}, {str(self.fresh('s.db'))!r})",
+                        f"bench._measure:files_flow({ps!r}, {str(self.fresh('s.db'))!r}, {self.batch})",
                         "-i",
                         str(i),
                         "-a",
@@ -452,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     r = bench.results
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "flows.json").write_text(json.dumps(r, indent=2) + "\n")
+    if args.quick:
+        print(f"--quick: a smoke run ({events:,} events, batches of {bench.batch:,}); the targets need the full run")
     print(report(r))
     try:
         plot(r, RESULTS / "flows.png")
