@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "flows.json").write_text(json.dumps(r, indent=2) + "\n")
     if args.quick:
-        print(f"--quick: a smoke run ({events:,} events, batches of {bench.batch:,}); targets need a full run")
+        print(f"--quick: a smoke run ({events:,} events, batches of {bench.batch:,}); see a full run")
     print(report(r))
     try:
         plot(r, RESULTS / "flows.png")
