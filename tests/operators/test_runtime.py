@@ -14,7 +14,8 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main
 
 from connectors.events import EventBatch, LazyColumns
 from operators.detectors.entity import DuplicateDetector
-from operators.runtime import shard_key, split_by_shard
+from operators.routing import shard_key
+from operators.runtime import split_by_shard
 from sketches import AgingBloomFilter
 from sketches.hashing import hash64_many
 
@@ -213,7 +214,7 @@ def test_batches_pickle_their_columns_exactly(values: list[object]) -> None:
 
 
 def test_balanced_key_table_is_what_the_search_finds() -> None:
-    from operators import runtime
+    from operators import routing
 
-    assert [runtime.balanced_key(s) for s in range(64)] == list(runtime._BALANCED_KEYS)
-    assert shard_key(3, 64) == runtime._BALANCED_KEYS[3] and shard_key(3, 65) == "0003"
+    assert [routing.balanced_key(s) for s in range(64)] == list(routing._BALANCED_KEYS)
+    assert shard_key(3, 64) == routing._BALANCED_KEYS[3] and shard_key(3, 65) == "0003"
