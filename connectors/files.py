@@ -198,7 +198,7 @@ class _AheadPartition(StatefulSourcePartition[SourceItem, FileState]):
 
     The helper (:func:`_ahead_main`) sends per batch: a header ``("batch", state after it,
     events, dead letters, column encodings)`` then the positions and each column as one or two
-    byte strings (:func:`_encode_column`). The pipe's small buffer keeps it at most about one
+    byte strings (:func:`connectors.events.encode_column`). The pipe's small buffer keeps it at most about one
     batch ahead.
     The snapshot is the state sent with the last batch returned, as without the helper.
     """
