@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from connectors.events import EventBatch, Sample
 from operators.runtime import Detector, Output
-from sketches.hashing import check_seed, fmix64, hash64_many
+from sketches.hashing import check_seed, fmix64, hash64_many, hash_codes
 
 __all__ = ["FLOW_SAMPLING", "TRANSFORMS", "StratumSpec", "WindowSampler", "sampler_for"]
 
@@ -302,13 +302,11 @@ def _first(item: tuple[int, int, dict[str, Any]]) -> int:
 
 
 def _codes(strata: NDArray[Any]) -> NDArray[np.int64]:
-    """Equal strata get equal int codes: by 64-bit hash (fast), checked, else by sorting."""
-    hashes = hash64_many(strata.tolist(), 0)
-    uniq, first, inv = np.unique(hashes, return_index=True, return_inverse=True)
-    codes = inv.reshape(-1).astype(np.int64)
-    if len(uniq) > 1 and not bool((strata[first][codes] == strata).all()):  # a collision
-        codes = np.unique(strata.astype(str), return_inverse=True)[1].reshape(-1).astype(np.int64)
-    return codes
+    """Equal strata get equal int codes: by 64-bit hash (fast, checked), else by sorting."""
+    grouped = hash_codes(strata)
+    if grouped is not None:
+        return grouped[0]
+    return np.unique(strata.astype(str), return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def sampler_for(flow: str, k_per_stratum: int = 20, seed: int = 0, lateness: float = 5.0) -> WindowSampler:

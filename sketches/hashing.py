@@ -27,7 +27,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import mmh3
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
     "fmix64",
     "hash64",
     "hash64_many",
+    "hash_codes",
     "probe_indices",
     "probe_indices_one",
     "unhash_ints",
@@ -190,6 +191,28 @@ def hash64_many(items: Items, seed: int = 0) -> NDArray[np.uint64]:
         _chash.hash_into(items, seed, out)
         return out
     return np.fromiter((_hash_py(i, seed) for i in items), dtype=np.uint64, count=len(items))
+
+
+def hash_codes(values: NDArray[Any]) -> tuple[NDArray[np.int64], NDArray[np.intp]] | None:
+    """Group equal values by their 64-bit hash: ``(codes, first)`` or ``None``.
+
+    ``codes[i]`` numbers ``values[i]``'s group (groups in hash order) and ``first[c]`` is the
+    index of group ``c``'s first value. Exact: ``None`` when a value does not hash (then group
+    by equality instead) or two different values share a hash (checked, never assumed).
+
+    >>> codes, first = hash_codes(np.array(["b", "a", "b"], dtype=object))
+    >>> bool(codes[0] == codes[2] != codes[1]), sorted(first.tolist())
+    (True, [0, 1])
+    """
+    try:
+        hashes = hash64_many(values, 0)
+    except (TypeError, OverflowError, ValueError):
+        return None
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    codes = inverse.reshape(-1).astype(np.int64)
+    if not bool((values[first][codes] == values).all()):
+        return None
+    return codes, first
 
 
 def probe_indices(hashes: NDArray[np.uint64], k: int, m: int, *, flat: bool = False) -> NDArray[np.uint64]:

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from sketches._base import Sketch
 from sketches._format import Codec, decode_items, encode_items
-from sketches.hashing import check_seed, fmix64, hash64, hash64_many
+from sketches.hashing import check_seed, fmix64, hash64, hash64_many, hash_codes
 
 __all__ = ["Reservoir", "StratifiedReservoir", "WeightedReservoir"]
 
@@ -457,18 +457,15 @@ def _check_stratum(stratum: object) -> Stratum:
 def _group_by_hash(seq: NDArray[Any]) -> tuple[list[Stratum], list[NDArray[np.int64]]] | None:
     """``_group`` of an object array through 64-bit hashes (C speed), or ``None`` when an item
     does not hash or two distinct strata share a hash: then the caller groups by equality."""
-    try:
-        hashes = hash64_many(seq.tolist(), 0)
-    except (TypeError, OverflowError, ValueError):
+    grouped = hash_codes(seq)
+    if grouped is None:
         return None
-    _, first, inv = np.unique(hashes, return_index=True, return_inverse=True)
-    rank = np.argsort(first, kind="stable")
+    by_hash, first = grouped
+    rank = np.argsort(first, kind="stable")  # strata in order of first appearance
     remap = np.empty(len(first), dtype=np.int64)
     remap[rank] = np.arange(len(first), dtype=np.int64)
-    codes = remap[inv.reshape(-1)]
+    codes = remap[by_hash]
     reps = seq[first[rank]]
-    if not bool((reps[codes] == seq).all()):  # a hash collision: exactness first
-        return None
     return [_check_stratum(r) for r in reps.tolist()], _positions_by_code(codes, len(reps))
 
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare  # type: ignore[import-untyped]
 
-from sketches import reservoir
+from sketches import hashing, reservoir
 from sketches._format import Codec, encode_items
 from sketches.reservoir import Reservoir, StratifiedReservoir, WeightedReservoir
 
@@ -768,7 +768,7 @@ def test_object_array_strata_group_like_a_list(strata: list[object]) -> None:
 
 def test_strata_hash_collisions_fall_back_to_equality() -> None:
     arr = np.array(["x", "y", "x"], dtype=object)
-    with mock.patch.object(reservoir, "hash64_many", lambda items, seed: np.zeros(len(items), np.uint64)):
+    with mock.patch.object(hashing, "hash64_many", lambda items, seed: np.zeros(len(items), np.uint64)):
         reps, pos = reservoir._group(arr, 3)
     assert reps == ["x", "y"]
     assert [p.tolist() for p in pos] == [[0, 2], [1]]
