@@ -31,6 +31,7 @@ Window alerts have ``event_ts = window_end`` and ``trigger = "window:<id>"``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
@@ -191,9 +192,12 @@ class _CountPane:
         self.keys = np.zeros(0, dtype=np.uint64)
         self.names = np.zeros(0, dtype=object)
 
-    def add(self, keys: _U64, names: _OBJ) -> None:
+    def add(self, keys: _U64, name_of: Callable[[NDArray[np.intp]], _OBJ]) -> None:
+        """Count ``keys``; ``name_of(rows)`` names the rows (of ``keys``) that are the first of
+        their key, so names are built for distinct keys only."""
         self.cms.update(keys)
-        self.keys, self.names = _union(self.keys, self.names, keys, names)
+        distinct, first = np.unique(keys, return_index=True)
+        self.keys, self.names = _union(self.keys, self.names, distinct, name_of(first))
 
 
 def _cms_evidence(cms: CountMinSketch) -> dict[str, Any]:
@@ -252,12 +256,12 @@ class WindowedCountSurge(PaneDetector):
         return _CountPane(CountMinSketch.from_error(self.epsilon, self.delta, seed=self.seed))
 
     def _add(self, pane: _CountPane, cols: dict[str, Any], idx: NDArray[np.intp]) -> None:
-        keys = cols["key"][idx]
-        pane.cms.update(keys)
-        distinct, first = np.unique(keys, return_index=True)
-        rows = idx[first]
-        names = cols["merchant"][rows] + "/" + cols["type"][rows]
-        pane.keys, pane.names = _union(pane.keys, pane.names, distinct, names)
+        def name_of(first: NDArray[np.intp]) -> _OBJ:
+            rows = idx[first]
+            names: _OBJ = cols["merchant"][rows] + "/" + cols["type"][rows]
+            return names
+
+        pane.add(cols["key"][idx], name_of)
 
     def _evaluate(self, window_id: int, panes: list[_CountPane]) -> list[Alert]:
         (pane,) = panes
@@ -397,8 +401,8 @@ class _RatePane(_CountPane):
         super().__init__(cms)
         self.top = top
 
-    def add(self, keys: _U64, names: _OBJ) -> None:
-        super().add(keys, names)
+    def add(self, keys: _U64, name_of: Callable[[NDArray[np.intp]], _OBJ]) -> None:
+        super().add(keys, name_of)
         self.top.update(keys)
 
 
@@ -448,7 +452,7 @@ class SlidingRate(PaneDetector):
         return _RatePane(cms, SpaceSaving(self.top_k, seed=self.seed))
 
     def _add(self, pane: _RatePane, cols: dict[str, Any], idx: NDArray[np.intp]) -> None:
-        pane.add(cols["key"][idx], cols["ip"][idx])
+        pane.add(cols["key"][idx], lambda first: cols["ip"][idx[first]])
 
     def _evaluate(self, window_id: int, panes: list[_RatePane]) -> list[Alert]:
         if sum(p.cms.total for p in panes) < self.threshold:
