@@ -30,8 +30,9 @@ Variables
 ``SKETCHWATCH_BATCH`` (default ``100000``)
     Events per source batch (generator batch, lines per file read, most Kafka messages per poll),
     in [1, 10000000]. Large batches amortise the per-shard work of every detector (1M fraud
-    events: ~290k events/s at 10,000, ~460k at 100,000); small ones lower the latency from
-    arrival to alert on a live Kafka topic (set e.g. 1000 there).
+    events, pre-parsed: ~470k events/s at 10,000, ~870k at 100,000); small ones lower the latency from
+    arrival to alert on a live Kafka topic (set e.g. 1000 there) and the event-time lag between
+    partitions replayed from a backlog (README, "Known limitation").
 ``SKETCHWATCH_SHARDS`` (default ``4``)
     Shards that hold the per-entity sketches, in [1, 4096]: use a multiple of the total number
     of workers (processes x ``-w``); shard ``s`` runs on worker ``s % workers`` for up to 8
