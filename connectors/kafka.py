@@ -110,7 +110,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import urlsplit
 
 import bytewax.operators as op
@@ -183,6 +183,8 @@ _TRANSIENT: Final = frozenset(
     }
 )
 
+_C = TypeVar("_C", Producer, Consumer, AdminClient)
+
 Message = KafkaSourceMessage[bytes | None, bytes | None]
 SourceItem = Message | KafkaError[bytes | None, bytes | None]
 
@@ -254,32 +256,25 @@ def _client_error(what: str, exc: BaseException, settings: Mapping[str, Any]) ->
     return RuntimeError(_scrub(f"{what}: {exc}", settings))
 
 
-def _producer(settings: dict[str, Any]) -> Producer:
+def _client(kind: type[_C], what: str, settings: dict[str, Any]) -> _C:
+    """``kind(settings)``; a bad setting raises RuntimeError naming it, secrets hidden."""
     try:
-        return Producer(settings)
+        return kind(settings)
     except (KafkaException, ValueError, TypeError) as e:
-        raise _client_error(
-            f"cannot create a Kafka producer with {redacted(settings)}", e, settings
-        ) from None
+        raise _client_error(f"cannot create a Kafka {what} with {redacted(settings)}", e, settings) from None
+
+
+def _producer(settings: dict[str, Any]) -> Producer:
+    return _client(Producer, "producer", settings)
 
 
 def _consumer(settings: dict[str, Any]) -> Consumer:
-    try:
-        return Consumer(settings)
-    except (KafkaException, ValueError, TypeError) as e:
-        raise _client_error(
-            f"cannot create a Kafka consumer with {redacted(settings)}", e, settings
-        ) from None
+    return _client(Consumer, "consumer", settings)
 
 
 def _admin(brokers: str, settings: Mapping[str, str] | None) -> tuple[AdminClient, dict[str, Any]]:
     config: dict[str, Any] = {"bootstrap.servers": brokers, **(settings or {})}
-    try:
-        return AdminClient(config), config
-    except (KafkaException, ValueError, TypeError) as e:
-        raise _client_error(
-            f"cannot create a Kafka admin client with {redacted(config)}", e, config
-        ) from None
+    return _client(AdminClient, "admin client", config), config
 
 
 def parse_kafka_url(url: str) -> tuple[str, str]:
