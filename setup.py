@@ -1,4 +1,4 @@
-"""Build hook for the one C extension (batch hashing); all metadata lives in pyproject.toml."""
+"""Build hook for the C extensions (batch hashing, the JSON Lines fast path); all metadata lives in pyproject.toml."""
 
 from setuptools import Extension, setup
 
@@ -9,6 +9,12 @@ setup(
             ["sketches/_chash.c"],
             extra_compile_args=["-O3", "-std=c99"],
             optional=True,  # without a compiler, sketches.hashing falls back to mmh3 (same hashes, slower)
-        )
+        ),
+        Extension(
+            "connectors._cjsonl",
+            ["connectors/_cjsonl.c"],
+            extra_compile_args=["-O3", "-std=c99"],
+            optional=True,  # without a compiler, JSON Lines take the Python path (same result, slower)
+        ),
     ]
 )

@@ -531,6 +531,7 @@ def reference_path() -> Iterator[None]:
         return parsing._column_slow(f, values, text)
 
     with (
+        patch.object(parsing, "_cjsonl", None),
         patch.object(parsing, "_decode_jsonl", parsing._decode_jsonl_lines),
         patch.object(parsing, "_column", slow_column),
         patch.object(parsing, "_JSONL_PIECE", 10**9),
@@ -659,11 +660,14 @@ def test_differential_fast_path_equals_reference_path(
     with patch.object(parsing, "_JSONL_PIECE", piece):
         got = parse_lines(flow, lines, first, "diff")
     whole = parse_lines(flow, lines, first, "diff")
+    with patch.object(parsing, "_cjsonl", None):
+        python = parse_lines(flow, lines, first, "diff")
     with reference_path():
         want = parse_lines(flow, lines, first, "diff")
     check_invariant(lines, first, *want)
     assert_same(got, want)
     assert_same(whole, want)
+    assert_same(python, want)
 
 
 class _Str(str):
@@ -718,6 +722,121 @@ def test_differential_large_clean_and_dirty_batches() -> None:
                 want = parse_lines(flow, case, 42, "gen")
             assert_same(got, want)
             assert got[0] is not None and len(got[0]) + len(got[1]) == len(case)
+
+
+# --------------------------------------------------------------------------------------------
+# The C fast path (connectors/_cjsonl.c): what it takes, and that it equals the reference
+
+
+def _scan_taken(flow: str, lines: list[bytes]) -> list[bool]:
+    """Which lines the C scanner takes itself (the rest it leaves to the Python path)."""
+    assert parsing._cjsonl is not None, "the C extension connectors._cjsonl was not built"
+    schema = SCHEMAS[flow]
+    columns = tuple(np.empty(len(lines), f.dtype) for f in schema.fields)
+    ok = np.zeros(len(lines), dtype=np.uint8)
+    kinds = "".join(parsing._SCAN_KINDS[f.kind] for f in schema.fields)
+    parsing._cjsonl.scan(lines, schema.names, kinds, columns, ok, MAX_RECORD_BYTES)
+    return ok.astype(bool).tolist()
+
+
+def test_scanner_takes_plain_generated_lines() -> None:
+    from connectors.generators import generator
+
+    for flow in sorted(SCHEMAS):
+        lines = next(iter(generator(flow)(500, 3, 0, 500))).to_jsonl().encode().splitlines()
+        assert all(_scan_taken(flow, lines)), flow
+
+
+@pytest.mark.parametrize(
+    ("raw", "taken"),
+    [
+        (line(), True),
+        (b" \t" + line() + b"\r", True),
+        (line(extra=None, flag=True, other=False, n=-1.5e3), True),
+        (line(ts="2026-11-22T06:40:05Z"), True),  # text timestamps are read in Python
+        (line(amount=12), True),
+        (line(tx_id=12), False),  # a number for a str field: Python's int-to-text rules
+        (line(merchant_id="caf\u00e9"), False),  # non-ASCII (or an escape)
+        (line(merchant_id='a"b'), False),  # an escape
+        (line(amount=None), False),
+        (line(amount=True), False),
+        (line(extra=[1]), False),
+        (line(extra={"a": 1}), False),
+        (line()[:-1] + b',"amount":1}', False),  # a repeated field
+        (line() + b"x", False),
+        (json.dumps({k: v for k, v in json.loads(line()).items() if k != "ts"}).encode(), False),
+        (b"{}", False),
+        (b"[]", False),
+        (b"", False),
+    ],
+)
+def test_scanner_takes_only_plain_lines(raw: bytes, taken: bool) -> None:
+    assert _scan_taken("fraud", [raw]) == [taken]
+    got = parse_lines("fraud", [raw], 5, "s")
+    with reference_path():
+        assert_same(got, parse_lines("fraud", [raw], 5, "s"))
+
+
+def test_scanner_int_fields_take_short_integer_literals_only() -> None:
+    from connectors.generators import generator
+
+    base = json.loads(next(iter(generator("ddos")(1, 1, 0, 1))).to_jsonl())
+    lines = [json.dumps({**base, "status": v}).encode() for v in (200, 200.0, 2e2)]
+    lines.append(json.dumps(base).encode().replace(b'"bytes": ', b'"bytes": 1000000000000000000000'))
+    assert _scan_taken("ddos", lines) == [True, False, False, False]
+    got = parse_lines("ddos", lines, 0, "s")
+    with reference_path():
+        assert_same(got, parse_lines("ddos", lines, 0, "s"))
+
+
+_decimal = st.builds(
+    lambda sign, whole, frac, exp: (
+        f"{sign}{whole}{'.' + frac if frac else ''}{'e' + str(exp) if exp is not None else ''}"
+    ),
+    st.sampled_from(["", "-"]),
+    st.one_of(st.just("0"), st.integers(1, 10**25).map(str)),
+    st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=25)),
+    st.one_of(st.none(), st.integers(-330, 330)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.one_of(_decimal, st.floats(allow_nan=False, allow_infinity=False).map(repr)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_scanner_numbers_equal_pythons_float(numbers: list[str]) -> None:
+    """Numbers are read bit for bit as Python's float() reads them (Clinger's exact path or
+    Python's own correctly rounded conversion), in range or left to the reference path."""
+    lines = [f'{{"brand":"b","sentiment":{x},"ts":{x.lstrip("-")}}}'.encode() for x in numbers]
+    got = parse_lines("sentiment", lines, 0, "n")
+    with reference_path():
+        want = parse_lines("sentiment", lines, 0, "n")
+    assert_same(got, want)
+    batch = got[0]
+    for i, x in enumerate(numbers):
+        if batch is not None and i in batch.positions.tolist():
+            row = batch.positions.tolist().index(i)
+            assert batch["sentiment"][row] == float(x)
+
+
+def test_scanner_rejects_bad_arguments() -> None:
+    assert parsing._cjsonl is not None
+    scan = parsing._cjsonl.scan
+    floats, ok = np.empty(1), np.empty(1, dtype=np.uint8)
+    with pytest.raises(ValueError, match="unknown field kind"):
+        scan([b"{}"], ("a",), "x", (floats,), ok, 10)
+    with pytest.raises(ValueError, match="format d"):
+        scan([b"{}"], ("a",), "f", (np.empty(1, dtype=np.int64),), ok, 10)
+    with pytest.raises(ValueError, match="format O"):
+        scan([b"{}"], ("a",), "s", (floats,), ok, 10)
+    with pytest.raises(ValueError, match="one kind and one column"):
+        scan([b"{}"], ("a", "b"), "f", (floats,), ok, 10)
+    with pytest.raises(ValueError, match="ok buffer"):
+        scan([b"{}", b"{}"], ("a",), "f", (np.empty(2),), ok, 10)
 
 
 # --------------------------------------------------------------------------------------------
