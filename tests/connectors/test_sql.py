@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,10 @@ from bytewax.testing import TestingSource, cluster_main, run_main
 from connectors.events import RAW_LIMIT, DeadLetter, Sample
 from connectors.sql import (
     SqlSink,
+    create_tables,
     dead_letter_id,
     make_engine,
+    metadata,
     read_alerts,
     read_table,
     write_items,
@@ -48,6 +53,85 @@ def url_of(tmp_path: Path, name: str = "out.db") -> str:
 
 def count(url: str, table: str) -> int:
     return len(read_table(url, table))
+
+
+def edge_items(nul: bool = True) -> list[Any]:
+    """Items covering every column type and its corner cases (NUL characters unless ``nul=False``)."""
+    z = "\x00" if nul else ""
+    items: list[Any] = []
+    for i in range(40):  # windows shared by several rows, sub-second event times
+        w = 1_700_000_000.0 + (i // 15) * 60.0
+        items.append(alert(i, event_ts=w + i * 0.123457, window_start=w, window_end=w + 60.0))
+        items.append(Sample("fraud", w, w + 60.0, f"s{i % 3}", i, {"tx": f"tx{i}", "amount": i / 7}))
+    items += [
+        alert(100, window_start=None, window_end=None, score=float("inf"), threshold=float("-inf")),
+        alert(101, entity=f"zürich{z}✓", evidence={"nan": float("nan"), "n": np.int64(3), "s": "a\x00b"}),
+        alert(102, event_ts=0.0, window_start=-1.5, window_end=1e-6, evidence={}),
+        Sample("iot", 100.0, 160.0, f"zone{z}", 5, {"nan": float("nan"), "l": [1, None, True], "b": b"\xff"}),
+        DeadLetter("iot", f"in{z}.jsonl", 7, f"bad{z}", b"\xff\x00" * RAW_LIMIT),
+        DeadLetter("iot", "in.jsonl", 8, "", b""),
+    ]
+    return items
+
+
+def core_write(url: str, items: list[Any]) -> None:
+    """Reference: ``items`` through SQLAlchemy Core, one dict per row and ``Connection.execute``.
+
+    That is how SqlSink wrote before it fed the driver directly; both must store the same bytes.
+    """
+
+    def ts(x: float | None) -> datetime | None:
+        return None if x is None else datetime.fromtimestamp(x, timezone.utc)
+
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in ("alerts", "samples", "dead_letters")}
+    for item in items:
+        if isinstance(item, Alert):
+            r = item.to_record()
+            r.update(evidence=json.loads(r["evidence"]), event_ts=ts(item.event_ts))
+            r.update(window_start=ts(item.window_start), window_end=ts(item.window_end))
+            rows["alerts"].append(r)
+        elif isinstance(item, Sample):
+            r = {k: getattr(item, k) for k in ("flow", "stratum", "position", "event")}
+            r.update(
+                sample_id=item.sample_id, window_start=ts(item.window_start), window_end=ts(item.window_end)
+            )
+            rows["samples"].append(r)
+        else:
+            r = {k: getattr(item, k) for k in ("flow", "source", "position", "reason", "raw")}
+            rows["dead_letters"].append({"id": dead_letter_id(item), **r})
+    engine = make_engine(url)
+    try:
+        create_tables(engine)
+        with engine.begin() as conn:
+            for name, values in rows.items():
+                conn.execute(metadata.tables[name].insert(), values)
+    finally:
+        engine.dispose()
+
+
+def write_in_batches(url: str, items: list[Any], size: int = 7) -> None:
+    part = SqlSink(url).build("out", 0, 1)
+    try:
+        for lo in range(0, len(items), size):
+            part.write_batch(items[lo : lo + size])
+    finally:
+        part.close()
+
+
+def without_created_at(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "created_at"} for r in rows]
+
+
+def sqlite_stored(path: Path, table: str) -> list[tuple[Any, ...]]:
+    """Every stored value of ``table`` but created_at, with its SQLite storage class, by primary key."""
+    cols = [c.name for c in metadata.tables[table].columns if c.name != "created_at"]
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(
+            f"select {', '.join(f'{c}, typeof({c})' for c in cols)} from {table} order by 1"
+        ).fetchall()
+    finally:
+        con.close()
 
 
 def test_tables_created_at_construction_in_wal_mode(tmp_path: Path) -> None:
@@ -97,6 +181,31 @@ def test_samples_and_dead_letters(tmp_path: Path) -> None:
     assert rd["id"] == dead_letter_id(d)
     assert (rd["flow"], rd["source"], rd["position"], rd["reason"]) == ("iot", "in.jsonl", 7, d.reason)
     assert rd["raw"] == d.raw and len(rd["raw"]) == RAW_LIMIT
+
+
+def test_rows_are_stored_exactly_as_through_sqlalchemy_core(tmp_path: Path) -> None:
+    """The sink bypasses SQLAlchemy's per-row processing; the stored bytes must not change."""
+    items = edge_items()
+    ref_url, url = url_of(tmp_path, "ref.db"), url_of(tmp_path)
+    core_write(ref_url, items)
+    write_in_batches(url, items)
+    for table, n in (("alerts", 43), ("samples", 41), ("dead_letters", 2)):
+        got, ref = read_table(url, table), read_table(ref_url, table)
+        assert len(got) == n and without_created_at(got) == without_created_at(ref), table
+        assert sqlite_stored(tmp_path / "out.db", table) == sqlite_stored(tmp_path / "ref.db", table), table
+    con = sqlite3.connect(tmp_path / "out.db")
+    try:
+        stamps = con.execute("select created_at, typeof(created_at) from alerts").fetchall()
+        events = dict(con.execute("select sample_id, event from samples").fetchall())
+    finally:
+        con.close()
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", s) and t == "text" for s, t in stamps)
+    for item in items:
+        if isinstance(item, Sample) and item.flow == "fraud":  # compact JSON, sorted keys
+            assert events[item.sample_id] == json.dumps(item.event, sort_keys=True, separators=(",", ":"))
+    (sample,) = [r for r in read_table(url, "samples") if r["flow"] == "iot"]
+    assert sample["event"] == {"nan": "NaN", "l": [1, None, True], "b": "\\xff"}
+    assert sample["stratum"] == "zone\x00"  # SQLite keeps NUL
 
 
 def test_replay_is_idempotent(tmp_path: Path) -> None:
