@@ -28,7 +28,8 @@ from numpy.typing import NDArray
 
 from connectors.events import EventBatch, Sample
 from operators.runtime import Detector, Output
-from sketches.hashing import check_seed, fmix64, hash64_many, hash_codes
+from operators.windows import group_rows
+from sketches.hashing import check_seed, fmix64, hash64_many
 
 __all__ = ["FLOW_SAMPLING", "TRANSFORMS", "StratumSpec", "WindowSampler", "sampler_for"]
 
@@ -196,11 +197,15 @@ class WindowSampler(Detector):
     def _bounds(self, k: int) -> tuple[float, float]:
         return k * self.length + self.offset, (k + 1) * self.length + self.offset
 
-    def _on_time(self, ts: NDArray[np.float64], max_ts: float) -> tuple[NDArray[np.intp], float]:
-        """Rows not late after a running maximum that starts at ``max_ts``; the new maximum."""
+    def _on_time(
+        self, ts: NDArray[np.float64], max_ts: float
+    ) -> tuple[NDArray[np.intp], NDArray[np.int64], float]:
+        """Rows not late after a running maximum that starts at ``max_ts``, their windows, and
+        the new maximum."""
         running = np.maximum.accumulate(np.maximum(ts, max_ts))
-        end = (self._windows_of(ts) + 1) * self.length + self.offset
-        return np.flatnonzero(end > running - self.lateness), float(running[-1])
+        win = self._windows_of(ts)
+        rows = np.flatnonzero((win + 1) * self.length + self.offset > running - self.lateness)
+        return rows, win[rows], float(running[-1])
 
     def _windows_of(self, ts: NDArray[np.float64]) -> NDArray[np.int64]:
         return np.floor((ts - self.offset) / self.length).astype(np.int64)
@@ -210,24 +215,20 @@ class WindowSampler(Detector):
         return fmix64(hash64_many(positions, self.seed) ^ salt)
 
     def _bottom_k(
-        self, batch: EventBatch, rows: NDArray[np.intp], ts: NDArray[np.float64]
+        self, batch: EventBatch, rows: NDArray[np.intp], win: NDArray[np.int64]
     ) -> NDArray[np.intp]:
-        """Of ``rows``, those among the ``k`` smallest priorities of their window and stratum."""
-        if len(rows) <= self.k_per_stratum:
+        """Of ``rows`` (in windows ``win``), those among the ``k`` smallest priorities of their
+        window and stratum."""
+        k = self.k_per_stratum
+        if len(rows) <= k:
             return rows
-        win = self._windows_of(ts[rows])
-        codes = _codes(self.stratum.strata(batch)[rows])
+        codes = _codes(self.stratum.strata(batch))[rows]
         group = (win - win.min()) * (int(codes.max()) + 1) + codes  # (window, stratum) as one int
         prio = self._priorities(batch.positions[rows], win)
-        order = np.argsort(group, kind="stable")
-        bounds = np.flatnonzero(np.diff(group[order])) + 1
-        chosen = []
-        for members in np.split(order, bounds):
-            if len(members) > self.k_per_stratum:
-                members = members[
-                    np.argpartition(prio[members], self.k_per_stratum - 1)[: self.k_per_stratum]
-                ]
-            chosen.append(members)
+        chosen = [
+            members[np.argpartition(prio[members], k - 1)[:k]] if len(members) > k else members
+            for _, members in group_rows(group)
+        ]
         return np.sort(rows[np.concatenate(chosen)])
 
     def preselect(self, batch: EventBatch) -> EventBatch:
@@ -242,8 +243,8 @@ class WindowSampler(Detector):
         if len(batch) == 0:
             return batch
         ts = np.asarray(batch["ts"], dtype=np.float64)
-        keep, _ = self._on_time(ts, -math.inf)
-        chosen = np.union1d(self._bottom_k(batch, keep, ts), [int(np.argmax(ts))])
+        keep, win, _ = self._on_time(ts, -math.inf)
+        chosen = np.union1d(self._bottom_k(batch, keep, win), [int(np.argmax(ts))])
         return batch.take(chosen)
 
     def process(self, batch: EventBatch) -> list[Output]:
@@ -262,10 +263,10 @@ class WindowSampler(Detector):
         if n == 0:
             return []
         ts = np.asarray(batch["ts"], dtype=np.float64)
-        keep, self._max_ts = self._on_time(ts, self._max_ts)
+        keep, win, self._max_ts = self._on_time(ts, self._max_ts)
         self.late += n - len(keep)
         if len(keep):
-            self._offer(batch.take(self._bottom_k(batch, keep, ts)))
+            self._offer(batch.take(self._bottom_k(batch, keep, win)))
         return self._close(self.watermark)
 
     def flush(self) -> list[Output]:
@@ -301,12 +302,40 @@ def _first(item: tuple[int, int, dict[str, Any]]) -> int:
     return item[0]
 
 
-def _codes(strata: NDArray[Any]) -> NDArray[np.int64]:
+def _codes(strata: NDArray[Any]) -> NDArray[np.intp]:
     """Equal strata get equal int codes: by 64-bit hash (fast, checked), else by sorting."""
-    grouped = hash_codes(strata)
-    if grouped is not None:
-        return grouped[0]
-    return np.unique(strata.astype(str), return_inverse=True)[1].reshape(-1).astype(np.int64)
+    try:
+        hashes = hash64_many(strata, 0)
+    except (TypeError, OverflowError, ValueError):
+        return _sorted_codes(strata)
+    codes = _dense_codes(hashes)
+    member = np.empty(int(codes.max(initial=-1)) + 1, dtype=np.intp)
+    member[codes] = np.arange(len(codes))  # some member of each code, whichever
+    if not bool((strata[member][codes] == strata).all()):  # a hash collision
+        return _sorted_codes(strata)
+    return codes
+
+
+_FEW_DISTINCT: Final = 16
+"""Up to this many distinct values, a comparison pass per value beats sorting with an index."""
+
+
+def _dense_codes(values: NDArray[np.uint64]) -> NDArray[np.intp]:
+    """Codes ``0..`` of the distinct values, in value order (``np.unique``'s inverse)."""
+    ordered = np.sort(values)  # no index: far faster than the argsort np.unique uses
+    above_min = ordered[np.flatnonzero(ordered[1:] != ordered[:-1]) + 1]  # the other distinct values
+    if len(above_min) >= _FEW_DISTINCT:
+        inverse: NDArray[np.intp] = np.unique(values, return_inverse=True)[1].reshape(-1)
+        return inverse
+    codes = np.zeros(len(values), dtype=np.intp)
+    for code, value in enumerate(above_min, 1):
+        codes += (values == value) * code
+    return codes
+
+
+def _sorted_codes(strata: NDArray[Any]) -> NDArray[np.intp]:
+    codes: NDArray[np.intp] = np.unique(strata.astype(str), return_inverse=True)[1].reshape(-1)
+    return codes
 
 
 def sampler_for(flow: str, k_per_stratum: int = 20, seed: int = 0, lateness: float = 5.0) -> WindowSampler:

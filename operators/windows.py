@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 import numpy as np
@@ -47,7 +48,17 @@ from numpy.typing import NDArray
 
 from operators.entities import EntityTable
 
-__all__ = ["NEVER", "Ewma", "EwmaStep", "Plan", "Sliding", "Tumbling", "WindowClock", "Windows"]
+__all__ = [
+    "NEVER",
+    "Ewma",
+    "EwmaStep",
+    "Plan",
+    "Sliding",
+    "Tumbling",
+    "WindowClock",
+    "Windows",
+    "group_rows",
+]
 
 NEVER: Final = -(2**62)
 """Window id meaning "no window is closed yet" (below every real window id)."""
@@ -116,7 +127,10 @@ class Windows:
     def earliest(self, ts: F64) -> I64:
         """Id of the earliest window holding each ``ts``: the smallest ``k`` with ``end(k) > ts``."""
         ts = np.asarray(ts, dtype=np.float64)
-        k = self.latest(ts) - self.per_event + 1
+        return self._earliest(ts, self.latest(ts))
+
+    def _earliest(self, ts: F64, latest: I64) -> I64:
+        k = latest - self.per_event + 1
         for _ in range(2):
             k += self.end(k) <= ts
             k -= self.end(k - 1) > ts
@@ -133,11 +147,12 @@ class Windows:
         k -= np.where(finite, self.end(k) > wm, False)
         return int(k) if k.ndim == 0 else k
 
-    def windows_of(self, ts: F64) -> tuple[NDArray[np.intp], I64]:
-        """All ``(event_index, window_id)`` pairs with ``start <= ts < end``, by event then window."""
+    def windows_of(self, ts: F64, latest: I64 | None = None) -> tuple[NDArray[np.intp], I64]:
+        """All ``(event_index, window_id)`` pairs with ``start <= ts < end``, by event then window
+        (``latest``: ``self.latest(ts)`` if already known)."""
         ts = np.asarray(ts, dtype=np.float64)
-        hi = self.latest(ts)
-        lo = self.earliest(ts)
+        hi = self.latest(ts) if latest is None else latest
+        lo = self._earliest(ts, hi)
         counts = np.maximum(hi - lo + 1, 0)
         event = np.repeat(np.arange(len(ts), dtype=np.intp), counts)
         first = np.cumsum(counts) - counts
@@ -168,15 +183,36 @@ class Sliding(Windows):
         super().__init__(length, step, offset)
 
 
+def group_rows(ids: I64) -> list[tuple[int, NDArray[np.intp]]]:
+    """Each distinct id, ascending, with the indices holding it in input order.
+
+    >>> [(k, rows.tolist()) for k, rows in group_rows(np.array([5, 3, 5, 4]))]
+    [(3, [1]), (4, [3]), (5, [0, 2])]
+    """
+    if len(ids) == 0:
+        return []
+    low, high = int(ids.min()), int(ids.max())
+    if low == high:
+        return [(low, np.arange(len(ids), dtype=np.intp))]
+    # A stable sort of 16-bit ints is a linear radix sort; window ids rarely span more.
+    narrow = (ids - low).astype(np.uint16) if high - low < 1 << 16 else ids
+    order = np.argsort(narrow, kind="stable")
+    ordered = ids[order]
+    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    firsts = ordered[np.concatenate(([0], cuts))].tolist()
+    return list(zip(firsts, np.split(order, cuts), strict=True))
+
+
 @dataclass
 class Plan:
     """How one batch meets the windows: which events go to which open windows, what closes when.
 
     Attributes
     ----------
-    event, window : numpy arrays
-        The on-time ``(event_index, window_id)`` pairs (windows still open when the event
-        arrived), sorted by event then window.
+    windows : Windows
+        The window grid.
+    ts : numpy float64 array
+        The batch's timestamps, in input order.
     latest : numpy int64 array
         Per event, its latest window (for pane-based detectors: the pane it falls in).
     late : numpy bool array
@@ -187,12 +223,30 @@ class Plan:
         Largest window id closed once the whole batch is in.
     """
 
-    event: NDArray[np.intp]
-    window: I64
+    windows: Windows
+    ts: F64
     latest: I64
     late: NDArray[np.bool_]
     closed_before: I64
     closed_after: int
+
+    @cached_property
+    def _pairs(self) -> tuple[NDArray[np.intp], I64]:
+        # Built on first use: pane detectors need only ``latest``.
+        event, window = self.windows.windows_of(self.ts, self.latest)
+        keep = window > self.closed_before[event]
+        return event[keep], window[keep]
+
+    @property
+    def event(self) -> NDArray[np.intp]:
+        """Event index of the on-time ``(event, window)`` pairs (windows still open when the
+        event arrived), sorted by event then window."""
+        return self._pairs[0]
+
+    @property
+    def window(self) -> I64:
+        """Window id of the on-time ``(event, window)`` pairs (see :attr:`event`)."""
+        return self._pairs[1]
 
     def segments(self) -> list[tuple[int, int, int]]:
         """``(start, stop, closed)`` event ranges over which the set of closed windows is constant:
@@ -254,9 +308,7 @@ class WindowClock:
         ts = np.asarray(ts, dtype=np.float64)
         closed = np.asarray(self.windows.closed_upto(self.arrival_watermarks(ts)), dtype=np.int64).reshape(-1)
         latest = self.windows.latest(ts)
-        event, window = self.windows.windows_of(ts)
-        keep = window > closed[event]
-        return Plan(event[keep], window[keep], latest, latest <= closed, closed, self.closed)
+        return Plan(self.windows, ts, latest, latest <= closed, closed, self.closed)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"windows": self.windows, "lateness": self.lateness, "max_ts": self.max_ts}

@@ -404,3 +404,18 @@ def test_decayed_precision_with_heavy_neighbours() -> None:
         assert isinstance(a, Alert)
         assert math.isclose(a.score, mean, rel_tol=1e-9)
         assert math.isclose(a.evidence["decayed_weight"], weight, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 16, 17, 500])
+def test_stratum_codes_group_by_equality(distinct: int) -> None:
+    rng = np.random.default_rng(distinct)
+    strata = np.array([f"s{i}" for i in rng.integers(0, distinct, 2000)], dtype=object)
+    codes = sampling._codes(strata)
+    assert ((codes[:, None] == codes[None, :]) == (strata[:, None] == strata[None, :])).all()
+    assert sorted(set(codes.tolist())) == list(range(len(set(strata.tolist()))))  # dense
+
+
+def test_stratum_codes_survive_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sampling, "hash64_many", lambda values, seed: np.zeros(len(values), dtype=np.uint64))
+    strata = np.array(["b", "a", "b", "c"], dtype=object)
+    assert sampling._codes(strata).tolist() == [1, 0, 1, 2]

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from connectors.events import EventBatch
 from operators.alerts import Alert
+from operators.detectors import windowed
 from operators.detectors.windowed import (
     SlidingRate,
     SlidingSpike,
@@ -445,3 +446,22 @@ def test_late_events_are_counted_and_ignored() -> None:
     # 20 s arrives under watermark 95: its windows (ids -2..4) are closed; 100 and 101 share windows
     assert sorted({a.score for a in alerts}) == [1.0, 2.0]
     assert all(a.score == 1.0 for a in alerts if a.window_end is not None and a.window_end <= 40)
+
+
+@given(keys=st.lists(st.sampled_from([0, 5, 2**63, 2**64 - 1]), max_size=30))
+@settings(max_examples=60, deadline=None)
+def test_distinct_keys_match_numpy_unique(keys: list[int]) -> None:
+    arr = np.array(keys, dtype=np.uint64)
+    got = windowed._distinct(arr)
+    want = np.unique(arr, return_index=True, return_counts=True)
+    assert [g.tolist() for g in got] == [w.tolist() for w in want]
+
+
+def test_union_keeps_first_seen_names() -> None:
+    keys, names = windowed._union(
+        np.array([2, 5], dtype=np.uint64),
+        np.array(["two", "five"], dtype=object),
+        np.array([1, 2, 9], dtype=np.uint64),
+        np.array(["one", "TWO", "nine"], dtype=object),
+    )
+    assert (keys.tolist(), names.tolist()) == ([1, 2, 5, 9], ["one", "two", "five", "nine"])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from operators.windows import NEVER, Ewma, Sliding, Tumbling, WindowClock, Windows
+from operators.windows import NEVER, Ewma, Sliding, Tumbling, WindowClock, Windows, group_rows
 
 T0 = 1767225600.0
 GRIDS = [
@@ -142,3 +142,11 @@ def test_ewma_eviction_never_changes_results(windows: list[tuple[int, int, int]]
         seen.add(w)
         if i % every == 0:
             b.evict(float(Tumbling(60.0).end(w)))  # watermark at the end of the closed window
+
+
+@given(ids=st.lists(st.sampled_from([-(2**40), -3, 0, 1, 7, 70_000, 2**40]), max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_group_rows_lists_each_id_with_its_rows_in_order(ids: list[int]) -> None:
+    arr = np.array(ids, dtype=np.int64)
+    got = [(k, rows.tolist()) for k, rows in group_rows(arr)]
+    assert got == [(k, [i for i, x in enumerate(ids) if x == k]) for k in sorted(set(ids))]
