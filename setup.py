@@ -1,4 +1,4 @@
-"""Build hook for the C extensions (batch hashing, the JSON Lines fast path); all metadata lives in pyproject.toml."""
+"""Build hook for the C extensions (batch hashing, JSON Lines scanning); metadata is in pyproject.toml."""
 
 from setuptools import Extension, setup
 

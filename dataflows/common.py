@@ -28,7 +28,7 @@ from connectors.config import Config, ConfigError, build_sinks, build_source
 from connectors.events import DeadLetter, EventBatch, Sample
 from connectors.kafka import KafkaAlertSink, alert_output, kafka_input, kafka_settings
 from operators.alerts import Alert
-from operators.runtime import GLOBAL_KEY, DetectorSpec, detector_step
+from operators.runtime import GLOBAL_KEY, DetectorSpec, detector_step, group_spec, group_specs
 from operators.sampling import sampler_for
 
 __all__ = ["build_flow", "flow_from_env", "sampling_spec"]
@@ -43,7 +43,8 @@ def build_flow(name: str, detectors: list[DetectorSpec], config: Config) -> Data
     if config.env.get(CHAOS_VARIABLE):
         events = op.map("chaos", events, _Chaos(config.env[CHAOS_VARIABLE]))
     outputs: list[Stream[Any]] = [dead]
-    for spec in detectors:
+    for group in group_specs(detectors):  # detectors keyed by one column share a step
+        spec = group_spec(group)
         outputs.append(detector_step(spec.name, events, spec, config.shards, config.seed))
     results = op.merge("results", *outputs)
     _sinks(results, config)

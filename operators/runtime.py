@@ -33,7 +33,17 @@ from connectors.events import EventBatch, Sample, gathered, sliced
 from operators.alerts import Alert
 from operators.routing import shard_key
 
-__all__ = ["GLOBAL_KEY", "Detector", "DetectorSpec", "Output", "detector_step", "split_by_shard"]
+__all__ = [
+    "GLOBAL_KEY",
+    "Detector",
+    "DetectorGroup",
+    "DetectorSpec",
+    "Output",
+    "detector_step",
+    "group_spec",
+    "group_specs",
+    "split_by_shard",
+]
 
 GLOBAL_KEY = "all"
 Output = Alert | Sample
@@ -141,6 +151,60 @@ class _DetectorLogic(StatefulBatchLogic[EventBatch, Output, bytes]):
     def snapshot(self) -> bytes:
         # Bytes are immutable: later processing cannot alter a snapshot already taken.
         return pickle.dumps(self.detector, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class DetectorGroup(Detector):
+    """Several detectors keyed by one column, run on each shard of one step.
+
+    They share the routing and, between workers, the exchange of their events: the batch
+    travels once with the union of their columns instead of once per detector (fraud's
+    amount_outlier and card_velocity, iot's three device detectors). Each detector still sees
+    only its own columns (a projection, which shares the batch's memoised hashes and groups).
+    """
+
+    name = "group"
+
+    def __init__(self, members: list[tuple[Detector, tuple[str, ...] | None]]) -> None:
+        self.members = members
+
+    def process(self, batch: EventBatch) -> list[Output]:
+        out: list[Output] = []
+        for detector, columns in self.members:
+            out += detector.process(batch if columns is None else batch.project(columns))
+        return out
+
+    def flush(self) -> list[Output]:
+        return [alert for detector, _ in self.members for alert in detector.flush()]
+
+
+def group_specs(specs: list[DetectorSpec]) -> list[list[DetectorSpec]]:
+    """``specs`` as the steps that run them: those keyed by one entity column (and without a
+    ``local`` reduction) together, the others alone; in order of first appearance."""
+    groups: dict[Any, list[DetectorSpec]] = {}
+    for spec in specs:
+        shared = spec.key is not None and spec.local is None
+        groups.setdefault(("key", spec.key) if shared else ("alone", spec.name), []).append(spec)
+    return list(groups.values())
+
+
+def group_spec(specs: list[DetectorSpec]) -> DetectorSpec:
+    """One spec running ``specs`` (all keyed by one column) as a :class:`DetectorGroup`, under
+    the step id of their names joined by ``__``; a single spec is returned as it is."""
+    if len(specs) == 1:
+        return specs[0]
+    keys = {s.key for s in specs}
+    if len(keys) != 1 or None in keys or any(s.local is not None for s in specs):
+        raise ValueError(
+            f"group_spec: {[s.name for s in specs]} are not keyed by one column without local steps"
+        )
+    columns: tuple[str, ...] | None = None
+    if all(s.columns is not None for s in specs):
+        columns = tuple(dict.fromkeys(c for s in specs for c in s.columns or ()))
+
+    def factory() -> Detector:
+        return DetectorGroup([(s.factory(), s.columns) for s in specs])
+
+    return DetectorSpec("__".join(s.name for s in specs), specs[0].key, factory, columns)
 
 
 def detector_step(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+from functools import partial
 from typing import ClassVar
 
 import bytewax.operators as op
@@ -12,10 +13,18 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main
 
-from connectors.events import EventBatch, LazyColumns
+from connectors.events import EventBatch, LazyColumns, Sample
 from operators.detectors.entity import DuplicateDetector
 from operators.routing import shard_key
-from operators.runtime import split_by_shard
+from operators.runtime import (
+    Detector,
+    DetectorGroup,
+    DetectorSpec,
+    Output,
+    group_spec,
+    group_specs,
+    split_by_shard,
+)
 from sketches import AgingBloomFilter
 from sketches.hashing import hash64_many
 
@@ -218,3 +227,69 @@ def test_balanced_key_table_is_what_the_search_finds() -> None:
 
     assert [routing.balanced_key(s) for s in range(64)] == list(routing._BALANCED_KEYS)
     assert shard_key(3, 64) == routing._BALANCED_KEYS[3] and shard_key(3, 65) == "0003"
+
+
+# -- detectors keyed by one column share a step ----------------------------------------------
+
+
+class _Recorder(Detector):
+    """Sees batches; reports which columns it got and flushes one marker sample."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[list[str]] = []
+
+    def process(self, batch: EventBatch) -> list[Output]:
+        self.seen.append(list(batch.columns))
+        return [Sample("demo", 0.0, 1.0, self.name, len(self.seen), {})]
+
+    def flush(self) -> list[Output]:
+        return [Sample("demo", 0.0, 1.0, self.name, 0, {})]
+
+
+def _spec(
+    name: str, key: str | None, columns: tuple[str, ...] | None = None, local: bool = False
+) -> DetectorSpec:
+    return DetectorSpec(name, key, partial(_Recorder, name), columns, (lambda b: b) if local else None)
+
+
+def test_group_specs_puts_detectors_of_one_key_together_in_order() -> None:
+    specs = [
+        _spec("a", "card"),
+        _spec("g", None),
+        _spec("b", "merchant"),
+        _spec("c", "card"),
+        _spec("l", "card", local=True),
+    ]
+    assert [[s.name for s in g] for g in group_specs(specs)] == [["a", "c"], ["g"], ["b"], ["l"]]
+
+
+def test_group_spec_unions_columns_and_gives_each_detector_its_own() -> None:
+    spec = group_spec([_spec("a", "card", ("card", "amount", "ts")), _spec("c", "card", ("card", "ts"))])
+    assert (spec.name, spec.key, spec.columns) == ("a__c", "card", ("card", "amount", "ts"))
+    group = spec.factory()
+    assert isinstance(group, DetectorGroup)
+    cols = {name: np.zeros(3) for name in ("card", "amount", "ts", "other")}
+    out = group.process(EventBatch("demo", np.arange(3), cols))
+    assert [s.stratum for s in out if isinstance(s, Sample)] == [
+        "a",
+        "c",
+    ]  # each member's outputs, in member order
+    (a, _), (c, _) = group.members
+    assert isinstance(a, _Recorder) and isinstance(c, _Recorder)
+    assert (a.seen, c.seen) == ([["card", "amount", "ts"]], [["card", "ts"]])
+    assert [s.stratum for s in group.flush() if isinstance(s, Sample)] == ["a", "c"]
+    again = pickle.loads(pickle.dumps(group))  # a group is one shard's snapshot
+    assert [d.seen for d, _ in again.members] == [[["card", "amount", "ts"]], [["card", "ts"]]]
+    assert group_spec([_spec("x", "k", None), _spec("y", "k", ("k",))]).columns is None
+    single = _spec("s", "k")
+    assert group_spec([single]) is single
+
+
+def test_group_spec_refuses_mixed_keys_and_local_steps() -> None:
+    with pytest.raises(ValueError, match="not keyed by one column"):
+        group_spec([_spec("a", "card"), _spec("b", "merchant")])
+    with pytest.raises(ValueError, match="not keyed by one column"):
+        group_spec([_spec("a", None), _spec("b", None)])
+    with pytest.raises(ValueError, match="not keyed by one column"):
+        group_spec([_spec("a", "card"), _spec("b", "card", local=True)])
