@@ -30,9 +30,8 @@ Variables
 ``SKETCHWATCH_BATCH`` (default ``100000``)
     Events per source batch (generator batch, lines per file read, most Kafka messages per poll),
     in [1, 10000000]. Large batches amortise the per-shard work of every detector (1M fraud
-    events, pre-parsed: ~470k events/s at 10,000, ~870k at 100,000); small ones lower the latency from
-    arrival to alert on a live Kafka topic (set e.g. 1000 there) and the event-time lag between
-    partitions replayed from a backlog (README, "Known limitation").
+    events, pre-parsed: ~470k events/s at 10,000, ~1M at 100,000); small ones lower the latency
+    from arrival to alert on a live Kafka topic (set e.g. 1000 there).
 ``SKETCHWATCH_SHARDS`` (default ``4``)
     Shards that hold the per-entity sketches, in [1, 4096]: use a multiple of the total number
     of workers (processes x ``-w``); shard ``s`` runs on worker ``s % workers`` for up to 8
@@ -49,6 +48,15 @@ Variables
     ``1``: a file source reads and parses in a helper process per file, one batch ahead of
     the worker (another core does the parsing: 1M fraud lines ~0.37M -> ~0.65M events/s on 2
     cores); ``0``: in the worker. The items and resume state are the same either way.
+``SKETCHWATCH_MAX_SKEW`` (default ``3600``)
+    Seconds of event time a source partition may trail the most advanced one and still hold
+    the detectors' clocks back (a number > 0). Each shard's clock is the least progress over
+    the input partitions, so a partition read behind the others (a backlog of several Kafka
+    partitions) is not counted late; a partition trailing by more is ignored until it catches
+    up (its events are then late), which bounds the windows and filter generations kept open.
+``SKETCHWATCH_IDLE_PARTITION`` (default ``30``)
+    Seconds of wall time without events after which a source partition stops holding the
+    clocks back (a quiet Kafka partition), a number > 0; its next events count again.
 ``SKETCHWATCH_<FLOW>_<NAME>``
     Detector parameters of one flow, read with :meth:`Config.param`, e.g.
     ``SKETCHWATCH_FRAUD_VELOCITY_THRESHOLD=8``. The flows document their names.
@@ -68,7 +76,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, overload
 from urllib.parse import urlsplit
 
-from bytewax.inputs import Source
+from bytewax.inputs import FixedPartitionedSource
 from bytewax.outputs import DynamicSink
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -100,6 +108,8 @@ DEFAULTS: Final[dict[str, str]] = {
     "SKETCHWATCH_IDLE_TTL": "3600",
     "SKETCHWATCH_SAMPLE_K": "20",
     "SKETCHWATCH_PARSE_AHEAD": "0",
+    "SKETCHWATCH_MAX_SKEW": "3600",
+    "SKETCHWATCH_IDLE_PARTITION": "30",
 }
 """Every global variable and its default."""
 
@@ -160,6 +170,8 @@ class Config:
     idle_ttl: float
     sample_k: int
     parse_ahead: bool = False
+    max_skew: float = 3600.0
+    idle_partition: float = 30.0
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -197,6 +209,8 @@ class Config:
             idle_ttl=_positive("SKETCHWATCH_IDLE_TTL", get("SKETCHWATCH_IDLE_TTL")),
             sample_k=_number("SKETCHWATCH_SAMPLE_K", get("SKETCHWATCH_SAMPLE_K"), int, 0, 1_000_000),
             parse_ahead=bool(_number("SKETCHWATCH_PARSE_AHEAD", get("SKETCHWATCH_PARSE_AHEAD"), int, 0, 1)),
+            max_skew=_positive("SKETCHWATCH_MAX_SKEW", get("SKETCHWATCH_MAX_SKEW")),
+            idle_partition=_positive("SKETCHWATCH_IDLE_PARTITION", get("SKETCHWATCH_IDLE_PARTITION")),
             env=own,
         )
 
@@ -396,7 +410,9 @@ def build_sinks(config: Config) -> list[DynamicSink[Any]]:
     return sinks
 
 
-def build_source(config: Config, generator_factory: Callable[[str], GenerateFn] | None = None) -> Source[Any]:
+def build_source(
+    config: Config, generator_factory: Callable[[str], GenerateFn] | None = None
+) -> FixedPartitionedSource[Any, Any]:
     """The configured source.
 
     Parameters

@@ -30,6 +30,7 @@ __all__ = [
     "EventBatch",
     "Field",
     "LazyColumns",
+    "Progress",
     "Sample",
     "Schema",
     "gathered",
@@ -111,6 +112,28 @@ SCHEMAS: Final[dict[str, Schema]] = {
 }
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a batch came from, for per-partition event-time clocks (``operators.runtime``).
+
+    ``partition``: the source partition the batch was read from; ``partitions``: every
+    partition of that source (a shard waits for each of them before its clock moves);
+    ``state``: ``"data"`` (a batch of events), ``"final"`` (the partition has ended: an empty
+    marker batch) or ``"idle"`` (the partition has had nothing for a while: an empty marker
+    batch; it counts again with its next events).
+    """
+
+    partition: str
+    partitions: tuple[str, ...]
+    state: str = "data"
+
+    def __post_init__(self) -> None:
+        if self.state not in ("data", "final", "idle"):
+            raise ValueError(f"Progress.state must be 'data', 'final' or 'idle', got {self.state!r}")
+        if self.partition not in self.partitions:
+            raise ValueError(f"Progress: partition {self.partition!r} is not among {self.partitions!r}")
+
+
 @dataclass
 class EventBatch:
     """A batch of one flow's events as columns (numpy arrays of equal length).
@@ -130,6 +153,15 @@ class EventBatch:
     hashes: dict[tuple[str, int], NDArray[np.uint64]] = field(default_factory=dict, repr=False, compare=False)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
     """Other per-batch results that are a pure function of the batch (the runtime's shard split)."""
+    progress: Progress | None = field(default=None, compare=False)
+    """The source partition it came from (set by ``connectors.sources.PartitionProgress``)."""
+    progress_ts: NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    """Per event, the running maximum of ``ts`` in the batch it was cut from, when events were
+    dropped from it before routing (the sampler's preselection), so that clocks are those of
+    the whole batch; None: the running maximum of this batch's ``ts``."""
+    clock: NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
+    """Per event, the shard's event-time clock, set by the runtime before a detector sees the
+    batch (see ``operators.runtime.PartitionClock``); None: the running maximum of ``ts``."""
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -142,6 +174,7 @@ class EventBatch:
         # (recomputed on demand); the hashes travel along; string columns go as joined text.
         state = dict(self.__dict__)
         state["memo"] = {}
+        state["clock"] = None  # a shard's view, set again where the batch is processed
         state["columns"] = {name: (col.dtype, *encode_column(col)) for name, col in self.columns.items()}
         return state
 
@@ -193,12 +226,21 @@ class EventBatch:
     def concat(cls, batches: Sequence[EventBatch]) -> EventBatch:
         """One batch holding ``batches`` in order (they must be of one flow).
 
-        Key hashes memoised by every part are carried over (concatenated)."""
+        Key hashes memoised by every part are carried over (concatenated), and so are the
+        progress (if all parts share it) and the clocks (if all parts have one)."""
         if len(batches) == 1:
             return batches[0]
         first = batches[0]
         columns = LazyColumns(tuple(first.columns), lambda name: np.concatenate([b[name] for b in batches]))
-        out = cls(first.flow, np.concatenate([b.positions for b in batches]), columns)
+        progress = first.progress if all(b.progress == first.progress for b in batches) else None
+        out = cls(
+            first.flow,
+            np.concatenate([b.positions for b in batches]),
+            columns,
+            progress=progress,
+            progress_ts=_concat_all([b.progress_ts for b in batches]),
+            clock=_concat_all([b.clock for b in batches]),
+        )
         for key in first.hashes:
             if all(key in b.hashes for b in batches[1:]):
                 out.hashes[key] = _read_only(np.concatenate([b.hashes[key] for b in batches]))
@@ -208,7 +250,14 @@ class EventBatch:
         """The events selected by an integer index array or a boolean mask, in that order.
 
         Memoised key hashes are carried over (selected alike)."""
-        out = EventBatch(self.flow, self.positions[index], {k: v[index] for k, v in self.columns.items()})
+        out = EventBatch(
+            self.flow,
+            self.positions[index],
+            {k: v[index] for k, v in self.columns.items()},
+            progress=self.progress,
+            progress_ts=None if self.progress_ts is None else self.progress_ts[index],
+            clock=None if self.clock is None else self.clock[index],
+        )
         for key, h in self.hashes.items():
             out.hashes[key] = _read_only(h[index])
         return out
@@ -229,7 +278,14 @@ class EventBatch:
         columns = self.columns
         # hashes and memo are shared: they are functions of the events, whatever columns show
         return EventBatch(
-            self.flow, self.positions, LazyColumns(names, lambda n: columns[n]), self.hashes, self.memo
+            self.flow,
+            self.positions,
+            LazyColumns(names, lambda n: columns[n]),
+            self.hashes,
+            self.memo,
+            self.progress,
+            self.progress_ts,
+            self.clock,
         )
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -292,6 +348,12 @@ def decode_column(dtype: Any, encoding: str, parts: list[bytes], n: int) -> Any:
 
 
 _PROBE: Final = 8192
+
+
+def _concat_all(arrays: list[NDArray[np.float64] | None]) -> NDArray[np.float64] | None:
+    """The arrays concatenated, or None if one of them is None."""
+    present = [a for a in arrays if a is not None]
+    return np.concatenate(present) if len(present) == len(arrays) else None
 
 
 def _read_only(array: NDArray[Any]) -> NDArray[Any]:
@@ -364,10 +426,15 @@ class Sample:
     stratum: str
     position: int
     event: dict[str, Any]
+    partition: str = ""
+    """The input partition ``position`` refers to, for sources of several partitions (Kafka
+    partitions, files): positions alone repeat across them. Empty for one-partition sources."""
 
     @property
     def sample_id(self) -> str:
         key = f"{self.flow}|{self.window_start!r}|{self.window_end!r}|{self.stratum}|{self.position}"
+        if self.partition:
+            key += f"|{self.partition}"
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

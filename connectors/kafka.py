@@ -128,6 +128,7 @@ from confluent_kafka.cimpl import NewTopic
 from connectors.config import Config
 from connectors.events import DeadLetter, EventBatch, Sample
 from connectors.parsing import parse_lines
+from connectors.sources import PartitionProgress
 from operators.alerts import Alert
 from sketches.hashing import hash64
 
@@ -407,7 +408,7 @@ def kafka_input(
         batch_size=config.batch,
         settings=user,
     )
-    return op.input(step_id, flow, source)
+    return op.input(step_id, flow, PartitionProgress(source, config.flow, config.idle_partition))
 
 
 class KafkaEventSource(FixedPartitionedSource[EventBatch | DeadLetter, int]):

@@ -1,4 +1,5 @@
-"""Synthetic input: a flow's deterministic event generator as a resumable Bytewax source.
+"""Sources: a flow's deterministic event generator as a resumable Bytewax source, and
+:class:`PartitionProgress`, which tells the detectors where every batch came from.
 
 The generator function of a flow (from :mod:`connectors.generators`) follows :data:`GenerateFn`:
 ``generate(n_events, seed, start, batch_size)`` yields the events with positions
@@ -11,13 +12,20 @@ generator again with ``start`` = that position.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 
+import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.events import EventBatch
+from connectors.events import SCHEMAS, EventBatch, Progress
 
-__all__ = ["GenerateFn", "GeneratorSource"]
+__all__ = ["GenerateFn", "GeneratorSource", "PartitionProgress"]
+
+X = TypeVar("X")
+S = TypeVar("S")
 
 GenerateFn = Callable[[int, int, int, int], Iterator[EventBatch]]
 """``generate(n_events, seed, start, batch_size) -> Iterator[EventBatch]``."""
@@ -116,3 +124,93 @@ class _GeneratorPartition(StatefulSourcePartition[EventBatch, int]):
 
     def snapshot(self) -> int:
         return self._next
+
+
+class PartitionProgress(FixedPartitionedSource[Any, S], Generic[S]):
+    """``source`` with every event batch stamped with its :class:`~connectors.events.Progress`.
+
+    The detectors keep one event-time clock per source partition (``operators.runtime``): a
+    shard's clock is the least progress over the partitions, so the events of a partition read
+    behind the others (Bytewax reads one batch per partition in turn; a backlog of several
+    Kafka partitions or files) are not late for windows that another partition's events would
+    otherwise have closed. For that, each batch says which partition it came from and which
+    partitions exist, and a partition says when it has ended (an empty ``"final"`` batch) or
+    has had no events for ``idle_after`` seconds of wall time (an empty ``"idle"`` batch, so a
+    quiet Kafka partition does not hold every clock back; it counts again with its next
+    events). Items other than event batches (dead letters) pass unchanged; resume states are
+    the wrapped source's own.
+
+    Parameters
+    ----------
+    source : FixedPartitionedSource
+        The wrapped source (its items: ``EventBatch`` and anything else).
+    flow : str
+        The flow's name (marker batches are empty batches of this flow).
+    idle_after : float, default 30.0
+        Seconds without events after which a partition is announced idle.
+    """
+
+    def __init__(self, source: FixedPartitionedSource[Any, S], flow: str, idle_after: float = 30.0) -> None:
+        if not idle_after > 0:
+            raise ValueError(f"idle_after must be a positive number of seconds, got {idle_after!r}")
+        self.source, self.flow, self.idle_after = source, flow, float(idle_after)
+
+    def list_parts(self) -> list[str]:
+        return self.source.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: S | None) -> _ProgressPartition[S]:
+        inner = self.source.build_part(step_id, for_part, resume_state)
+        parts = tuple(sorted(self.source.list_parts()))
+        return _ProgressPartition(inner, self.flow, Progress(for_part, parts), self.idle_after)
+
+
+class _ProgressPartition(StatefulSourcePartition[Any, S]):
+    def __init__(
+        self, inner: StatefulSourcePartition[Any, S], flow: str, progress: Progress, idle_after: float
+    ) -> None:
+        self._inner, self._flow, self._progress, self._idle_after = inner, flow, progress, idle_after
+        self._last_data = time.monotonic()
+        self._idle = False
+        self._ended = False
+
+    def next_batch(self) -> list[Any]:
+        if self._ended:
+            raise StopIteration
+        try:
+            items = self._inner.next_batch()
+        except StopIteration:
+            self._ended = True
+            return [self._marker("final")]
+        now = time.monotonic()
+        stamped = [self._stamp(x) for x in items]
+        if any(isinstance(x, EventBatch) for x in stamped):
+            self._last_data, self._idle = now, False
+        elif not self._idle and now - self._last_data >= self._idle_after:
+            self._idle = True
+            stamped.append(self._marker("idle"))
+        return stamped
+
+    def _stamp(self, item: Any) -> Any:
+        if isinstance(item, EventBatch):
+            item.progress = self._progress
+        return item
+
+    def _marker(self, state: str) -> EventBatch:
+        p = self._progress
+        schema = SCHEMAS.get(self._flow)
+        columns = {f.name: np.zeros(0, dtype=f.dtype) for f in schema.fields} if schema else {}
+        return EventBatch(
+            self._flow,
+            np.zeros(0, dtype=np.int64),
+            columns,
+            progress=Progress(p.partition, p.partitions, state),
+        )
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> S:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()

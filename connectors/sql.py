@@ -8,7 +8,9 @@ Tables (one :data:`metadata`):
     ``event_ts``, ``score``, ``threshold``, ``evidence`` (JSON), ``created_at``.
 ``samples``
     ``sample_id`` (primary key, :attr:`connectors.events.Sample.sample_id`), ``flow``,
-    ``window_start``, ``window_end``, ``stratum``, ``position``, ``event`` (JSON), ``created_at``.
+    ``window_start``, ``window_end``, ``stratum``, ``position``, ``event`` (JSON), ``created_at``,
+    ``source_partition`` (the input partition of ``position`` for sources of several partitions,
+    else ``""``; added to tables of earlier versions by :func:`create_tables`).
 ``dead_letters``
     ``id`` (primary key, :func:`dead_letter_id` of flow, source and position), ``flow``,
     ``source``, ``position``, ``reason``, ``raw`` (bytes, cut at ``RAW_LIMIT``), ``created_at``.
@@ -94,10 +96,12 @@ from sqlalchemy import (
     create_engine,
     event,
     exc,
+    inspect,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.sql.dml import Insert
 
 from connectors.events import DeadLetter, Sample
@@ -184,6 +188,8 @@ samples = Table(
     Column("position", BigInteger, nullable=False),
     Column("event", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, default=_utcnow),
+    # the input partition ``position`` refers to (sources of several partitions), else ""
+    Column("source_partition", String, nullable=False, server_default=""),
     Index("ix_samples_flow_window", "flow", "window_start"),
 )
 
@@ -201,7 +207,7 @@ dead_letters = Table(
 
 _ORDER: Final[dict[str, tuple[str, ...]]] = {
     "alerts": ("event_ts", "alert_id"),
-    "samples": ("flow", "window_start", "stratum", "position"),
+    "samples": ("flow", "window_start", "stratum", "position", "source_partition"),
     "dead_letters": ("flow", "source", "position"),
 }
 
@@ -417,12 +423,33 @@ def _retrying(
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the tables and indexes that do not exist yet (safe to race with another process)."""
+    """Create the tables and indexes that do not exist yet (safe to race with another process),
+    and add the columns of later versions to existing tables (:data:`_ADDED_COLUMNS`)."""
     try:
         metadata.create_all(engine)
     except (exc.IntegrityError, exc.ProgrammingError, exc.OperationalError):
         # Another process created them between our check and our CREATE: check again.
         metadata.create_all(engine)
+    _add_columns(engine)
+
+
+_ADDED_COLUMNS: Final = {"samples": ("source_partition",)}
+"""Columns added after a table's first version: nullable or with a server default."""
+
+
+def _add_columns(engine: Engine) -> None:
+    existing = inspect(engine)
+    for name, columns in _ADDED_COLUMNS.items():
+        have = {c["name"] for c in existing.get_columns(name)}
+        for column in (metadata.tables[name].c[c] for c in columns if c not in have):
+            ddl = CreateColumn(column).compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {name} ADD COLUMN {ddl}")
+            except (exc.ProgrammingError, exc.OperationalError):
+                # Another process added it first (else this error repeats on the next check).
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(name)}:
+                    raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,6 +526,7 @@ def _sample_row(s: Sample) -> dict[str, Any]:
         "stratum": s.stratum,
         "position": int(s.position),
         "event": s.event,
+        "source_partition": s.partition,
     }
 
 

@@ -27,6 +27,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from connectors.config import Config, ConfigError, build_sinks, build_source
 from connectors.events import DeadLetter, EventBatch, Sample
 from connectors.kafka import KafkaAlertSink, alert_output, kafka_input, kafka_settings
+from connectors.sources import PartitionProgress
 from operators.alerts import Alert
 from operators.runtime import GLOBAL_KEY, DetectorSpec, detector_step, group_spec, group_specs
 from operators.sampling import sampler_for
@@ -45,7 +46,7 @@ def build_flow(name: str, detectors: list[DetectorSpec], config: Config) -> Data
     outputs: list[Stream[Any]] = [dead]
     for group in group_specs(detectors):  # detectors keyed by one column share a step
         spec = group_spec(group)
-        outputs.append(detector_step(spec.name, events, spec, config.shards, config.seed))
+        outputs.append(detector_step(spec.name, events, spec, config.shards, config.seed, config.max_skew))
     results = op.merge("results", *outputs)
     _sinks(results, config)
     _summary(name, events, results)
@@ -55,7 +56,9 @@ def build_flow(name: str, detectors: list[DetectorSpec], config: Config) -> Data
 def _source(flow: Dataflow, config: Config) -> Stream[EventBatch | DeadLetter]:
     if config.source.kind == "kafka":
         return kafka_input(flow, "source", config)
-    return op.input("source", flow, build_source(config))
+    return op.input(
+        "source", flow, PartitionProgress(build_source(config), config.flow, config.idle_partition)
+    )
 
 
 def _sinks(results: Stream[Any], config: Config) -> None:

@@ -19,6 +19,7 @@ True
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import bytewax.operators as op
 import numpy as np
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
+from numpy.typing import NDArray
 
 from connectors.events import EventBatch, Sample, gathered, sliced
 from operators.alerts import Alert
@@ -39,7 +41,9 @@ __all__ = [
     "DetectorGroup",
     "DetectorSpec",
     "Output",
+    "PartitionClock",
     "detector_step",
+    "event_clock",
     "group_spec",
     "group_specs",
     "split_by_shard",
@@ -65,6 +69,25 @@ class Detector:
 
     def flush(self) -> list[Output]:
         return []
+
+
+def event_clock(batch: EventBatch, ts: NDArray[np.float64], carried: float) -> NDArray[np.float64]:
+    """Per event of ``batch`` (whose timestamps are ``ts``), the shard's event-time clock after
+    it, never below ``carried`` (the clock before the batch): the runtime's partition clock
+    (:class:`PartitionClock`, in :attr:`EventBatch.clock`) when set, else the running maximum
+    of ``ts``. Detectors judge lateness, idleness and expiry by it, never by a lone ``ts``.
+
+    >>> import numpy as np
+    >>> b = EventBatch("demo", np.arange(3), {"ts": np.array([5.0, 3.0, 9.0])})
+    >>> event_clock(b, b["ts"], 4.0).tolist()
+    [5.0, 5.0, 9.0]
+    """
+    if batch.clock is not None:
+        clock = np.array(batch.clock, dtype=np.float64)
+    else:
+        clock = np.maximum.accumulate(ts if batch.progress_ts is None else batch.progress_ts)
+    np.maximum(clock, carried, out=clock)
+    return clock
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,7 @@ def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[st
     columns = gathered(batch.columns, order)
     sorted_hashes = hashes[order]
     sorted_hashes.flags.writeable = False
+    progress_ts = None if batch.progress_ts is None else batch.progress_ts[order]
     out = []
     start = 0
     hash_key = (key, seed)
@@ -132,25 +156,140 @@ def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[st
             positions[start:stop],
             sliced(columns, start, stop),
             {hash_key: sorted_hashes[start:stop]},
+            progress=batch.progress,
+            progress_ts=None if progress_ts is None else progress_ts[start:stop],
         )
         out.append((shard_key(s, shards), part))
         start = stop
     return out
 
 
+class PartitionClock:
+    """A shard's event-time clock: the least progress over the source's partitions.
+
+    A detector's clock used to be the running maximum of the timestamps it saw. With several
+    input partitions read by turns (Bytewax takes one batch per partition in turn), one
+    partition's batch can run far ahead of another's, and the clock it pushes forward would
+    make the other partition's events late (windows closed, duplicate generations rotated
+    away). So each partition's progress (the running maximum of its timestamps) is kept, and
+    the clock after each event is the least of them: of this partition's running maximum and
+    of every other partition the source announced (:class:`~connectors.events.Progress`)
+    that has not ended or gone idle. A partition not heard from yet holds the clock back; one
+    trailing the most advanced by more than ``max_skew`` seconds does not (its events are
+    then late), which bounds what the detectors keep open. The clock never goes back.
+
+    Batches without progress (sources not wrapped in ``PartitionProgress``) get no clock: the
+    detectors then take the running maximum of their timestamps, as with one partition.
+
+    >>> import numpy as np
+    >>> from connectors.events import EventBatch, Progress
+    >>> def batch(part, ts):
+    ...     return EventBatch("demo", np.arange(len(ts)), {"ts": np.array(ts, dtype=float)},
+    ...                       progress=Progress(part, ("a", "b")))
+    >>> c = PartitionClock(max_skew=3600.0)
+    >>> c.clock_of(batch("a", [10.0, 50.0])).tolist()  # "b" not heard from yet: no progress
+    [-inf, -inf]
+    >>> c.clock_of(batch("b", [5.0, 20.0, 60.0])).tolist()  # now the least of a's 50 and b's
+    [5.0, 20.0, 50.0]
+    """
+
+    def __init__(self, max_skew: float = math.inf) -> None:
+        self.max_skew = float(max_skew)
+        self.maxima: dict[str, float] = {}
+        self.announced: set[str] = set()
+        self.quiet: set[str] = set()  # ended or idle
+        self.clock = -math.inf
+
+    def clock_of(self, batch: EventBatch) -> NDArray[np.float64] | None:
+        """The clock after each event of ``batch`` (None without progress); markers (ended,
+        idle) only update the state and get an empty clock."""
+        p = batch.progress
+        if p is None:
+            return None
+        self.announced.update(p.partitions)
+        if p.state != "data":
+            self.quiet.add(p.partition)
+            return np.zeros(0)
+        self.quiet.discard(p.partition)
+        ts = batch["ts"] if batch.progress_ts is None else batch.progress_ts
+        running = np.maximum.accumulate(np.asarray(ts, dtype=np.float64))
+        if len(running):
+            np.maximum(running, self.maxima.get(p.partition, -math.inf), out=running)
+            self.maxima[p.partition] = float(running[-1])
+        clock = np.minimum(running, self._others(p.partition, running))
+        np.maximum(clock, self.clock, out=clock)
+        if len(clock):
+            self.clock = float(clock[-1])
+        return clock
+
+    def _others(self, own: str, running: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Per event (``running``: ``own``'s progress after it), the least progress of the other
+        partitions that hold the clock back: heard from and within ``max_skew`` of the most
+        advanced, or announced and never heard from (``-inf``)."""
+        others = {q: self.maxima.get(q) for q in self.announced - self.quiet - {own}}
+        low = np.full(len(running), np.inf)
+        if not others:
+            return low
+        if any(m is None for m in others.values()):
+            return np.full(len(running), -np.inf)
+        seen = [m for m in others.values() if m is not None]
+        top = np.maximum(running, max(seen))
+        for m in seen:
+            np.minimum(low, np.where(m >= top - self.max_skew, m, np.inf), out=low)
+        return low
+
+
 class _DetectorLogic(StatefulBatchLogic[EventBatch, Output, bytes]):
-    def __init__(self, detector: Detector) -> None:
+    def __init__(self, detector: Detector, clock: PartitionClock) -> None:
         self.detector = detector
+        self.clock = clock
 
     def on_batch(self, values: list[EventBatch]) -> tuple[Iterable[Output], bool]:
-        return self.detector.process(EventBatch.concat(values)), StatefulBatchLogic.RETAIN
+        out: list[Output] = []
+        for run in _runs_by_progress(values):
+            batch = EventBatch.concat(run)
+            clock = self.clock.clock_of(batch)
+            if len(batch):
+                if clock is not None:
+                    batch = _with_clock(batch, clock)
+                out += self.detector.process(batch)
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
         return self.detector.flush(), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         # Bytes are immutable: later processing cannot alter a snapshot already taken.
-        return pickle.dumps(self.detector, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((self.detector, self.clock), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _runs_by_progress(values: list[EventBatch]) -> list[list[EventBatch]]:
+    """``values`` cut into runs of consecutive batches of one partition (one clock each)."""
+    runs: list[list[EventBatch]] = []
+    for b in values:
+        if (
+            runs
+            and runs[-1][-1].progress == b.progress
+            and (b.progress is None or b.progress.state == "data")
+        ):
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
+def _with_clock(batch: EventBatch, clock: NDArray[np.float64]) -> EventBatch:
+    """``batch`` (shared memo and hashes) carrying the shard's ``clock``."""
+    return EventBatch(
+        batch.flow,
+        batch.positions,
+        batch.columns,
+        batch.hashes,
+        batch.memo,
+        batch.progress,
+        batch.progress_ts,
+        clock,
+    )
 
 
 class DetectorGroup(Detector):
@@ -208,18 +347,37 @@ def group_spec(specs: list[DetectorSpec]) -> DetectorSpec:
 
 
 def detector_step(
-    step_id: str, events: Stream[EventBatch], spec: DetectorSpec, shards: int, seed: int
+    step_id: str,
+    events: Stream[EventBatch],
+    spec: DetectorSpec,
+    shards: int,
+    seed: int,
+    max_skew: float = math.inf,
 ) -> Stream[Output]:
-    """Route ``events`` to shards by ``spec.key`` and run ``spec``'s detector on each shard."""
+    """Route ``events`` to shards by ``spec.key`` and run ``spec``'s detector on each shard,
+    with a :class:`PartitionClock` per shard (``max_skew``: see there)."""
+
+    # the keys split_by_shard uses
+    every_shard = (
+        [GLOBAL_KEY] if spec.key is None or shards == 1 else [shard_key(s, shards) for s in range(shards)]
+    )
 
     def route(batch: EventBatch) -> list[tuple[str, EventBatch]]:
+        if batch.progress is not None and batch.progress.state != "data":
+            return [(shard, batch) for shard in every_shard]  # a partition ended or went idle
         parts = split_by_shard(batch, spec.key, shards, seed)
         if spec.columns is None:
             return parts
         return [(shard, part.project(spec.columns)) for shard, part in parts]
 
     def build(resume: bytes | None) -> _DetectorLogic:
-        return _DetectorLogic(pickle.loads(resume) if resume is not None else spec.factory())
+        if resume is None:
+            return _DetectorLogic(spec.factory(), PartitionClock(max_skew))
+        state = pickle.loads(resume)
+        if isinstance(state, Detector):  # a snapshot from before partition clocks
+            return _DetectorLogic(state, PartitionClock(max_skew))
+        detector, clock = state
+        return _DetectorLogic(detector, clock)
 
     if spec.local is not None:
         events = op.map(f"{step_id}_local", events, spec.local)

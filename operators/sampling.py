@@ -27,9 +27,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from connectors.events import EventBatch, Sample
-from operators.runtime import Detector, Output
+from operators.runtime import Detector, Output, event_clock
 from operators.windows import group_rows
-from sketches.hashing import check_seed, fmix64, hash64_many
+from sketches.hashing import check_seed, fmix64, hash64, hash64_many
 
 __all__ = ["FLOW_SAMPLING", "TRANSFORMS", "StratumSpec", "WindowSampler", "sampler_for"]
 
@@ -142,7 +142,9 @@ class WindowSampler(Detector):
     identify events within a flow.
 
     Window closing follows the shared event-time rules: the watermark after each event is
-    the running maximum of ``ts`` (input order) minus ``lateness``; a window closes once the
+    the shard's clock (the running maximum of ``ts`` in input order; with several input
+    partitions the least of theirs, see ``operators.runtime.PartitionClock``) minus
+    ``lateness``; a window closes once the
     watermark reaches its end and emits its samples; an event whose window is already
     closed when it arrives is late, counted in :attr:`late` and ignored; :meth:`flush`
     closes every open window. Samples are emitted window by window, strata sorted, events by
@@ -181,12 +183,12 @@ class WindowSampler(Detector):
         self.late = 0
         """Events dropped because their window had closed."""
         self._max_ts = -math.inf
-        # window -> stratum -> up to k (priority, position, event), smallest priorities
-        self._windows: dict[int, dict[str, list[tuple[int, int, dict[str, Any]]]]] = {}
+        # window -> stratum -> up to k (priority, position, event, partition), smallest priorities
+        self._windows: dict[int, dict[str, list[tuple[Any, ...]]]] = {}
 
     @property
     def watermark(self) -> float:
-        """Largest ``ts`` seen minus ``lateness`` (``-inf`` before the first event)."""
+        """The clock (largest ``ts`` seen, or the partition clock) minus ``lateness``."""
         return self._max_ts - self.lateness
 
     @property
@@ -198,54 +200,75 @@ class WindowSampler(Detector):
         return k * self.length + self.offset, (k + 1) * self.length + self.offset
 
     def _on_time(
-        self, ts: NDArray[np.float64], max_ts: float
+        self, batch: EventBatch, ts: NDArray[np.float64], max_ts: float
     ) -> tuple[NDArray[np.intp], NDArray[np.int64], float]:
-        """Rows not late after a running maximum that starts at ``max_ts``, their windows, and
-        the new maximum."""
-        running = np.maximum.accumulate(np.maximum(ts, max_ts))
+        """Rows not late under the shard's clock (``operators.runtime.event_clock``, from
+        ``max_ts``), their windows, and the new clock."""
+        clock = event_clock(batch, ts, max_ts)
         win = self._windows_of(ts)
-        rows = np.flatnonzero((win + 1) * self.length + self.offset > running - self.lateness)
-        return rows, win[rows], float(running[-1])
+        rows = np.flatnonzero((win + 1) * self.length + self.offset > clock - self.lateness)
+        return rows, win[rows], float(clock[-1])
 
     def _windows_of(self, ts: NDArray[np.float64]) -> NDArray[np.int64]:
         return np.floor((ts - self.offset) / self.length).astype(np.int64)
 
-    def _priorities(self, positions: NDArray[np.int64], win: NDArray[np.int64]) -> NDArray[np.uint64]:
+    def _priorities(
+        self, batch: EventBatch, rows: NDArray[np.intp], win: NDArray[np.int64]
+    ) -> NDArray[np.uint64]:
+        """Priorities of events ``rows`` of ``batch`` (in windows ``win``): a hash of position
+        and window, and of the partition when the source has several (positions repeat)."""
         salt = fmix64(win.astype(np.uint64) ^ np.uint64(_WINDOW_SALT))
-        return fmix64(hash64_many(positions, self.seed) ^ salt)
+        part = _partition(batch)
+        if part:
+            salt ^= np.uint64(hash64(part, self.seed))
+        return fmix64(hash64_many(batch.positions[rows], self.seed) ^ salt)
 
     def _bottom_k(
-        self, batch: EventBatch, rows: NDArray[np.intp], win: NDArray[np.int64]
+        self, batch: EventBatch, rows: NDArray[np.intp], win: NDArray[np.int64], prefix: bool = False
     ) -> NDArray[np.intp]:
         """Of ``rows`` (in windows ``win``), those among the ``k`` smallest priorities of their
-        window and stratum."""
+        window and stratum (``prefix``: of their window and stratum up to them, in input order)."""
         k = self.k_per_stratum
         if len(rows) <= k:
             return rows
         codes = _codes(self.stratum.strata(batch))[rows]
         group = (win - win.min()) * (int(codes.max()) + 1) + codes  # (window, stratum) as one int
-        prio = self._priorities(batch.positions[rows], win)
-        chosen = [
-            members[np.argpartition(prio[members], k - 1)[:k]] if len(members) > k else members
-            for _, members in group_rows(group)
-        ]
+        prio = self._priorities(batch, rows, win)
+        pick = _prefix_bottom_k if prefix else _bottom_k
+        chosen = [members[pick(prio[members], k)] for _, members in group_rows(group)]
         return np.sort(rows[np.concatenate(chosen)])
 
     def preselect(self, batch: EventBatch) -> EventBatch:
         """The events of ``batch`` that can be in a sample, in input order (see Notes).
 
         A pure function of the batch and the sampler's parameters (not its state), run on
-        each worker before the global sampler: within the batch, the events of each window
-        and stratum with the ``k`` smallest priorities, and the event with the largest ``ts``
-        (it carries the watermark), all late events within the batch dropped. Feeding the
-        sampler the preselected batches gives exactly the samples of the whole batches.
+        each worker before the global sampler; the last event is always kept, and each kept
+        event carries the running maximum of ``ts`` of the whole batch (``progress_ts``), so
+        the sampler's clocks are those of the whole batch. Feeding the sampler the
+        preselected batches gives exactly the samples of the whole batches.
+
+        With one input partition the sampler's clock is at least the running maximum of the
+        batch's ``ts``: events late within the batch are dropped, and of the rest the ``k``
+        smallest priorities of each window and stratum are kept. With several, the clock may
+        trail the batch (another partition lags), so which events are late is unknown here;
+        it is always a window's later events in input order (the clock never goes back), so
+        an event is kept if its priority is among the ``k`` smallest of its window and
+        stratum *so far* in the batch (about ``k (1 + ln(n / k))`` of a group of ``n``).
         """
         if len(batch) == 0:
             return batch
         ts = np.asarray(batch["ts"], dtype=np.float64)
-        keep, win, _ = self._on_time(ts, -math.inf)
-        chosen = np.union1d(self._bottom_k(batch, keep, win), [int(np.argmax(ts))])
-        return batch.take(chosen)
+        running = np.maximum.accumulate(ts if batch.progress_ts is None else batch.progress_ts)
+        win = self._windows_of(ts)
+        if batch.progress is None or len(batch.progress.partitions) == 1:
+            rows = np.flatnonzero((win + 1) * self.length + self.offset > running - self.lateness)
+            picked = self._bottom_k(batch, rows, win[rows])
+        else:
+            picked = self._bottom_k(batch, np.arange(len(batch), dtype=np.intp), win, prefix=True)
+        chosen = np.union1d(picked, [len(batch) - 1])
+        out = batch.take(chosen)
+        out.progress_ts = running[chosen]
+        return out
 
     def process(self, batch: EventBatch) -> list[Output]:
         """Sample a batch of events (input order); return the samples of windows it closes.
@@ -263,7 +286,7 @@ class WindowSampler(Detector):
         if n == 0:
             return []
         ts = np.asarray(batch["ts"], dtype=np.float64)
-        keep, win, self._max_ts = self._on_time(ts, self._max_ts)
+        keep, win, self._max_ts = self._on_time(batch, ts, self._max_ts)
         self.late += n - len(keep)
         if len(keep):
             self._offer(batch.take(self._bottom_k(batch, keep, win)))
@@ -275,13 +298,14 @@ class WindowSampler(Detector):
 
     def _offer(self, batch: EventBatch) -> None:
         win = self._windows_of(np.asarray(batch["ts"], dtype=np.float64))
-        prio = self._priorities(batch.positions, win).tolist()
+        prio = self._priorities(batch, np.arange(len(batch)), win).tolist()
         strata = self.stratum.strata(batch).tolist()
+        part = _partition(batch)
         events = zip(batch.positions.tolist(), batch.records(), strict=True)
         for (pos, event), k, p, stratum in zip(events, win.tolist(), prio, strata, strict=True):
             kept = self._windows.setdefault(k, {}).setdefault(str(stratum), [])
             if len(kept) < self.k_per_stratum or p < kept[-1][0]:
-                bisect.insort(kept, (p, pos, event), key=_first)
+                bisect.insort(kept, (p, pos, event, part), key=_first)
                 del kept[self.k_per_stratum :]
 
     def _close(self, watermark: float) -> list[Output]:
@@ -291,15 +315,63 @@ class WindowSampler(Detector):
             if end > watermark:
                 break
             for stratum, kept in sorted(self._windows.pop(k).items()):
-                out.extend(Sample(self.flow, start, end, stratum, pos, event) for _, pos, event in kept)
+                out.extend(Sample(self.flow, start, end, stratum, *_sampled(item)) for item in kept)
         return out
 
 
 _WINDOW_SALT: Final = 0x5A17_C0DE_D0E5_CAFE
 
 
-def _first(item: tuple[int, int, dict[str, Any]]) -> int:
-    return item[0]
+def _bottom_k(prio: NDArray[np.uint64], k: int) -> NDArray[np.intp]:
+    """Indices of the ``k`` smallest of ``prio`` (all if there are no more)."""
+    if len(prio) <= k:
+        return np.arange(len(prio), dtype=np.intp)
+    return np.argpartition(prio, k - 1)[:k]
+
+
+def _prefix_bottom_k(prio: NDArray[np.uint64], k: int) -> NDArray[np.intp]:
+    """Indices ``i`` whose ``prio[i]`` is among the ``k`` smallest of ``prio[: i + 1]``.
+
+    Blocks of doubling size: after a prefix of ``s`` values only those below its ``k``-th
+    smallest can qualify (about ``k`` per block for random priorities), and just those are
+    checked one by one, so the Python work is ``~k log2(n / k)`` steps.
+
+    >>> _prefix_bottom_k(np.array([5, 3, 9, 1, 7, 2], dtype=np.uint64), 2).tolist()
+    [0, 1, 3, 5]
+    """
+    n = len(prio)
+    if n <= k:
+        return np.arange(n, dtype=np.intp)
+    kept = list(range(k))
+    top = sorted(prio[:k].tolist())  # the k smallest so far, ascending
+    start = k
+    while start < n:
+        stop = min(n, 2 * start)
+        block = prio[start:stop]
+        for j in np.flatnonzero(block < top[-1]).tolist():
+            v = int(block[j])
+            if v < top[-1]:
+                bisect.insort(top, v)
+                top.pop()
+                kept.append(start + j)
+        start = stop
+    return np.asarray(kept, dtype=np.intp)
+
+
+def _first(item: tuple[Any, ...]) -> int:
+    return int(item[0])
+
+
+def _sampled(item: tuple[Any, ...]) -> tuple[int, dict[str, Any], str]:
+    """Position, event and partition of a kept ``(priority, position, event[, partition])``
+    (snapshots from before partitions hold three)."""
+    return item[1], item[2], item[3] if len(item) > 3 else ""
+
+
+def _partition(batch: EventBatch) -> str:
+    """The batch's input partition if its source has several, else ``""``."""
+    p = batch.progress
+    return p.partition if p is not None and len(p.partitions) > 1 else ""
 
 
 def _codes(strata: NDArray[Any]) -> NDArray[np.intp]:

@@ -11,9 +11,11 @@ Semantics (the contract of ``/tmp/detectors.md``, section "Event-time windows"):
   ``end(k) = start(k + P)`` when ``length = P * step`` (``P`` panes per window), else
   ``start(k) + length``; an event lies in every window with ``start <= ts < end``
   (``length / step`` of them when that is an integer).
-* **Watermark.** A shard's watermark after ``i`` events is ``max(ts[:i]) - lateness``
-  (``-inf`` before the first event), carried across batches with ``np.maximum.accumulate``.
-  Event ``i`` *arrives* under the watermark of the events before it.
+* **Watermark.** A shard's watermark after ``i`` events is its clock minus ``lateness``: the
+  clock is ``max(ts[:i])`` (``-inf`` before the first event), carried across batches with
+  ``np.maximum.accumulate``; with several input partitions, the least of the partitions'
+  (``operators.runtime.PartitionClock``). Event ``i`` *arrives* under the watermark of the
+  events before it.
 * **Closing.** A window is closed as soon as the watermark reaches its end (``end <= watermark``),
   i.e. logically right after the event that lifted the watermark there, even in the middle of a
   batch. An event is added only to its windows that are still open when it arrives; an event
@@ -266,7 +268,8 @@ class Plan:
 
 
 class WindowClock:
-    """A shard's event-time watermark ``max(ts seen) - lateness``, carried across batches.
+    """A shard's event-time watermark ``max(ts seen) - lateness``, carried across batches (with
+    several input partitions: the runtime's partition clock minus ``lateness``).
 
     Parameters
     ----------
@@ -293,20 +296,25 @@ class WindowClock:
         """Largest window id closed under the current watermark."""
         return int(self.windows.closed_upto(self.watermark))
 
-    def arrival_watermarks(self, ts: F64) -> F64:
+    def arrival_watermarks(self, ts: F64, clock: F64 | None = None) -> F64:
         """Watermark each event arrives under (the events before it, this batch and earlier ones);
-        advances the clock past the batch."""
+        advances the clock past the batch. ``clock``: the shard's clock after each event (the
+        runtime's partition clock, see ``operators.runtime.event_clock``) instead of the running
+        maximum of ``ts``; ``max_ts`` then holds that clock."""
         ts = np.asarray(ts, dtype=np.float64)
         if len(ts) == 0:
             return np.zeros(0)
-        running = np.maximum.accumulate(np.concatenate(([self.max_ts], ts)))
+        after = ts if clock is None else np.asarray(clock, dtype=np.float64)
+        running = np.maximum.accumulate(np.concatenate(([self.max_ts], after)))
         self.max_ts = float(running[-1])
         return running[:-1] - self.lateness
 
-    def plan(self, ts: F64) -> Plan:
-        """Assign a batch's events (``ts`` in input order) to open windows; advance the clock."""
+    def plan(self, ts: F64, clock: F64 | None = None) -> Plan:
+        """Assign a batch's events (``ts`` in input order) to open windows; advance the clock
+        (``clock``: see :meth:`arrival_watermarks`)."""
         ts = np.asarray(ts, dtype=np.float64)
-        closed = np.asarray(self.windows.closed_upto(self.arrival_watermarks(ts)), dtype=np.int64).reshape(-1)
+        arrivals = self.arrival_watermarks(ts, clock)
+        closed = np.asarray(self.windows.closed_upto(arrivals), dtype=np.int64).reshape(-1)
         latest = self.windows.latest(ts)
         return Plan(self.windows, ts, latest, latest <= closed, closed, self.closed)
 

@@ -1,8 +1,10 @@
-"""Aging Bloom filter: "seen within the last ``ttl`` seconds of event time", by rotating generations.
+"""Aging Bloom filter: "seen within the last ``ttl`` seconds of event time", by generations.
 
-Event time is cut into generations ``g = floor(ts / ttl)`` aligned to the epoch, so the
-state depends only on the events (replayable, and filters of different workers line up for
-merging). Two Bloom filters are kept: the current generation and the one before it.
+Event time is cut into generations ``g = floor(t / ttl)`` aligned to the epoch, so the state
+depends only on the events (replayable, and filters of different workers line up for
+merging). One Bloom filter is kept per live generation: normally the clock's generation and
+the one before it; with a low-watermark ``clock`` (per-partition watermarks) also the
+generations of events that run ahead of the clock.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from sketches.bloom import (
     CHECK_AND_SET,
     SET,
     TEST,
-    BloomFilter,
+    Words,
     _check_int,
     _pack,
+    _popcount,
     _unpack,
     check_fp_rate,
     optimal_size,
@@ -33,7 +36,12 @@ from sketches.hashing import Item, Items, check_seed, hash64_many
 
 __all__ = ["AgingBloomFilter"]
 
-_CODEC: Final = Codec("AgingBloomFilter", version=1, params="<QddIBd")
+# Version 1: exactly two generations, the clock's and the one before (every state of the
+# default mode). Version 2: any set of generations, each stored with its number. ``to_bytes``
+# writes version 1 whenever the non-empty generations fit it, so default-mode bytes are
+# unchanged; ``from_bytes`` reads both.
+_CODEC_V1: Final = Codec("AgingBloomFilter", version=1, params="<QddIBd")
+_CODEC: Final = Codec("AgingBloomFilter", version=2, params="<QddIBdI")
 _MAX_GENERATION: Final = 2**53  # generations are exact integers in float64 below this
 
 TimeStamps = (
@@ -53,9 +61,12 @@ def _check_ttl(ttl: object) -> float:
 class AgingBloomFilter(Sketch):
     """Time-decayed membership: was the item seen within the last ``ttl`` seconds of event time?
 
-    Generation ``g = floor(ts / ttl)`` (exact floor, epoch-aligned). An item added at
-    generation ``g`` goes into the current filter; a query at generation ``g`` checks the
-    filters of generations ``g`` and ``g - 1``; older generations are dropped on rotation.
+    Every operation has an *effective time* ``e = max(ts, clock)`` and a generation
+    ``g = floor(e / ttl)`` (exact floor, epoch-aligned). An insertion goes into the filter of
+    generation ``g``; a check looks at the filters of generations ``g`` and ``g - 1``, and at
+    ``g + 1`` if it exists (only with an explicit ``clock``: a partition running ahead put
+    items there, and a lagging copy of one is a repeat too). Generations older than
+    ``floor(clock / ttl) - 1`` are dropped.
 
     Parameters
     ----------
@@ -76,30 +87,62 @@ class AgingBloomFilter(Sketch):
 
     Notes
     -----
-    Clock: the filter's clock is the largest timestamp seen by ``add``/``update``/
-    ``check_and_add*``. An operation at ``ts`` is processed at the *effective time*
-    ``max(ts, clock)``: a late event (``ts < clock``) is inserted into, and a late query
-    checked against, the clock's generation. Queries (``contains*``) never move the clock.
+    Clock. Queries (``contains*``) never move the clock. Updates (``add``, ``update``,
+    ``check_and_add*``) run in one of two modes, chosen per call:
 
-    Guarantees, for an item added at event time ``t`` no earlier than the clock and a later
-    query at effective time ``t'``:
+    * default (``clock=None``): the clock is the largest timestamp inserted so far, so every
+      insertion and check counts at the clock: a late event (``ts < clock``) is inserted
+      into, and checked against, the clock's generation. Two generations are live: the
+      clock's and the one before.
+    * watermark (``clock=`` given, per event or per call): ``clock`` is the caller's low
+      watermark (how far every input partition has progressed), non-decreasing within a
+      call and raised to the filter's clock if below it; the filter's clock becomes the
+      largest given clock (not the largest ``ts``). An event ahead of the clock counts at its
+      own ``ts``, in its own generation, so a partition that runs ahead neither rotates away
+      the generations that lagging partitions still need nor mixes its items with older
+      ones. Generations from ``floor(clock / ttl) - 1`` up to the newest event's are kept
+      (one ``num_bits`` array each), so memory grows with ``(max ts - clock) / ttl``: the
+      caller must bound the skew between partitions.
 
-    * ``t <= t' < t + ttl``: reported present (no false negatives inside the TTL), because
-      ``floor(t' / ttl) <= floor(t / ttl) + 1``;
-    * ``t' >= t + 2 ttl``: forgotten, i.e. reported absent except for a false positive,
-      because ``floor(t' / ttl) >= floor(t / ttl) + 2``;
-    * ``t + ttl <= t' < t + 2 ttl``: may be either, depending on the generation boundary.
+    The default mode is the watermark mode with ``clock`` = running maximum of ``ts``; the
+    modes can be mixed on one filter.
 
-    A late insertion (``t`` < clock) is kept until ``clock + 2 ttl`` instead, and is always
-    present for queries inside ``[clock, t + ttl)``.
+    Guarantees, ignoring false positives, for an item inserted at effective time ``t``
+    (generation ``g = floor(t / ttl)``) and a check processed after it at effective time
+    ``t'``. The exact rule: the check reports the item iff ``floor(t' / ttl)`` is ``g - 1``,
+    ``g`` or ``g + 1`` (``g - 1`` arises only with an explicit clock). The generations a
+    check looks at are never dropped before it, because the check's own clock is at most
+    ``t'``. Hence:
+
+    * ``t <= t' < t + ttl``: reported present (no false negatives inside the TTL);
+    * ``t' >= t + 2 ttl``: forgotten, i.e. reported absent except for a false positive;
+    * ``t + ttl <= t' < t + 2 ttl``: may be either, depending on the generation boundary;
+    * ``t' < t`` (a check processed later but at an earlier time, e.g. a lagging
+      partition's copy of an item a leading partition inserted first): present within
+      ``t - ttl < t'``, and never for ``t' < t - 2 ttl``, the mirror of the rules above.
+
+    In terms of the events' own timestamps, with watermarks: an event at or ahead of its
+    clock counts at its own ``ts``. So for an insertion at ``ts`` and a later check at
+    ``ts'``, both at or ahead of their clocks, whatever the skew: ``ts <= ts' < ts + ttl``
+    is found, ``ts' >= ts + 2 ttl`` is not reported, and the same holds mirrored for
+    ``ts' < ts``. A *late* check (``ts' <`` its clock ``c``, ``c >= ts``) counts at
+    ``c``: it finds the item iff ``c < (floor(ts / ttl) + 2) ttl``, the clock at which the
+    item's generation is dropped (somewhere in ``(ts + ttl, ts + 2 ttl]``), so always while
+    ``c <= ts + ttl``. A late insertion counts at its clock ``c``: it is kept until the
+    clock reaches ``(floor(c / ttl) + 2) ttl <= c + 2 ttl`` and is present for checks
+    inside ``[c, c + ttl)``.
 
     The constructor already takes error targets, so there is no ``from_error``. A
     generation spans ``ttl`` seconds; ``capacity`` counts the distinct items of one.
 
     False positives: with at most ``capacity`` distinct items per generation, each of the
-    two filters answers falsely with probability about ``fp_rate / 2`` (see
-    ``BloomFilter``), so by the union bound a query is a false positive with probability
-    at most ``~fp_rate``.
+    two filters a check looks at answers falsely with probability about ``fp_rate / 2``
+    (see ``BloomFilter``), so by the union bound a check is a false positive with
+    probability at most ``~fp_rate``.
+
+    Speed: a batch is split into runs of consecutive events of equal generation, one
+    vectorised probe per run; events of different generations interleaved one by one cost
+    one probe call each.
 
     Examples
     --------
@@ -116,19 +159,29 @@ class AgingBloomFilter(Sketch):
     >>> g = AgingBloomFilter(capacity=1_000, fp_rate=0.01, ttl=60.0)
     >>> g.check_and_add_many(["a", "b", "a", "a"], ts=[0.0, 10.0, 59.0, 180.0]).tolist()
     [False, False, True, False]
+
+    With a low watermark, a partition running ahead keeps its own generations:
+
+    >>> w = AgingBloomFilter(capacity=1_000, fp_rate=0.01, ttl=60.0)
+    >>> w.check_and_add_many(["lead", "lead"], ts=[500.0, 700.0], clock=0.0).tolist()
+    [False, False]
+    >>> w.check_and_add_many(["lag", "lag"], ts=[10.0, 50.0], clock=[10.0, 50.0]).tolist()
+    [False, True]
+    >>> w.clock, w.generations
+    (50.0, (0, 8, 11))
     """
 
-    __slots__ = ("_capacity", "_clock", "_cur", "_fp_rate", "_gen", "_prev", "_seed", "_ttl")
+    __slots__ = ("_capacity", "_clock", "_fp_rate", "_gen", "_gens", "_k", "_m", "_seed", "_ttl")
 
     def __init__(self, capacity: int, fp_rate: float, ttl: float, seed: int = 0) -> None:
         self._capacity = _check_int("capacity", capacity, 1, 2**48)
         self._fp_rate = check_fp_rate(fp_rate)
         self._ttl = _check_ttl(ttl)
         self._seed = check_seed(seed)
-        self._cur = BloomFilter.from_error(self._capacity, self._fp_rate / 2, self._seed)
-        self._prev = BloomFilter(self._cur.num_bits, self._cur.num_hashes, self._seed)
+        self._m, self._k = optimal_size(self._capacity, self._fp_rate / 2)
+        self._gens: dict[int, Words] = {}  # generation -> bit array, created on demand
         self._clock: float | None = None
-        self._gen: int | None = None  # generation of the clock; _cur holds it, _prev the one before
+        self._gen: int | None = None  # generation of the clock
 
     @property
     def capacity(self) -> int:
@@ -152,17 +205,17 @@ class AgingBloomFilter(Sketch):
 
     @property
     def num_bits(self) -> int:
-        """Bits of each of the two generation filters."""
-        return self._cur.num_bits
+        """Bits of each generation filter."""
+        return self._m
 
     @property
     def num_hashes(self) -> int:
         """Probes per item."""
-        return self._cur.num_hashes
+        return self._k
 
     @property
     def clock(self) -> float | None:
-        """Largest event time inserted so far, or ``None`` before the first insertion."""
+        """The filter's clock (see the class notes), or ``None`` before the first insertion."""
         return self._clock
 
     @property
@@ -170,65 +223,97 @@ class AgingBloomFilter(Sketch):
         """Generation ``floor(clock / ttl)`` of the clock, or ``None`` before the first insertion."""
         return self._gen
 
+    @property
+    def generations(self) -> tuple[int, ...]:
+        """Generations that hold a filter (``num_bits`` bits each), ascending.
+
+        At most two (the clock's and the one before) in the default mode; with a watermark
+        ``clock`` also those of events ahead of the clock. A generation's filter may be empty.
+        """
+        return tuple(sorted(self._gens))
+
     # -- time -------------------------------------------------------------------------------
 
-    def _timestamps(self, ts: TimeStamps, n: int) -> NDArray[np.float64]:
+    def _timestamps(self, ts: TimeStamps, n: int, name: str = "ts") -> NDArray[np.float64]:
         try:
             arr = np.asarray(ts, dtype=np.float64)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise ValueError(f"ts must be a number or an array of numbers, got {ts!r}") from exc
+            raise ValueError(f"{name} must be a number or an array of numbers, got {ts!r}") from exc
         if arr.ndim == 0:
             arr = np.full(n, arr, dtype=np.float64)
         elif arr.shape != (n,):
-            raise ValueError(f"ts must be a scalar or a 1-D array of {n} timestamps, got shape {arr.shape}")
+            raise ValueError(
+                f"{name} must be a scalar or a 1-D array of {n} timestamps, got shape {arr.shape}"
+            )
         if not np.isfinite(arr).all():
-            raise ValueError(f"ts must be finite, got {float(arr[~np.isfinite(arr)][0])!r}")
+            raise ValueError(f"{name} must be finite, got {float(arr[~np.isfinite(arr)][0])!r}")
         return arr
 
-    def _generations(self, ts: NDArray[np.float64]) -> NDArray[np.int64]:
+    def _generations(self, ts: NDArray[np.float64], name: str = "ts") -> NDArray[np.int64]:
         # floor_divide is the exact floor of ts / ttl (fmod-based), so g <= ts / ttl < g + 1 holds
         with np.errstate(over="ignore", invalid="ignore"):
             gens = np.floor_divide(ts, self._ttl)
         if len(gens) and not (np.abs(gens) < _MAX_GENERATION).all():
-            raise ValueError(f"ts / ttl out of range (|ts / ttl| must be below 2**53) for ttl={self._ttl}")
+            raise ValueError(
+                f"{name} / ttl out of range (|{name} / ttl| must be below 2**53) for ttl={self._ttl}"
+            )
         return gens.astype(np.int64)
 
-    def _probe(
-        self, hashes: NDArray[np.uint64], mode: int, prev: NDArray[np.uint64] | None = None
-    ) -> NDArray[np.bool_]:
-        return probe_hashes(self._cur._words, hashes, self._cur.num_hashes, self._cur.num_bits, mode, prev)
+    def _schedule(
+        self, ts: TimeStamps, n: int, clock: TimeStamps | None
+    ) -> tuple[list[tuple[int, int, int, int]], float, int]:
+        """Validate a batch; return its runs and the clock (and its generation) after it.
 
-    def _rotate(self, gen: int) -> None:
-        """Advance the current generation to ``gen`` (never backwards), dropping old filters."""
-        if self._gen is None:
-            self._gen = gen
-            return
-        if gen <= self._gen:
-            return
-        if gen == self._gen + 1:
-            self._prev, self._cur = self._cur, self._prev
-            self._cur._words.fill(0)
+        A run is ``(start, stop, generation, clock generation at stop - 1)`` over consecutive
+        events of equal effective generation. Nothing is changed, so a bad batch applies
+        nothing.
+        """
+        times = self._timestamps(ts, n)
+        if clock is None:
+            clocks = np.maximum.accumulate(times)
         else:
-            self._cur._words.fill(0)
-            self._prev._words.fill(0)
-        self._gen = gen
+            clocks = self._timestamps(clock, n, "clock")
+            if n > 1 and (clocks[1:] < clocks[:-1]).any():
+                j = int(np.flatnonzero(clocks[1:] < clocks[:-1])[0])
+                raise ValueError(
+                    f"clock must be non-decreasing within a call, got {clocks[j]!r} then {clocks[j + 1]!r}"
+                )
+        if self._clock is not None:
+            clocks = np.maximum(clocks, self._clock)
+        if clock is None:
+            gens = cgens = self._generations(clocks)  # every event counts at the clock
+        else:
+            cgens = self._generations(clocks, "clock")
+            gens = self._generations(np.maximum(times, clocks))
+        cuts = [0, *(np.flatnonzero(gens[1:] != gens[:-1]) + 1).tolist(), n]
+        runs = [(a, b, int(gens[a]), int(cgens[b - 1])) for a, b in itertools.pairwise(cuts)]
+        return runs, float(clocks[-1]), int(cgens[-1])
 
-    def _runs(self, ts: NDArray[np.float64]) -> list[tuple[int, int, int]]:
-        """Split a batch into ``(start, stop, generation)`` runs of equal effective generation."""
-        eff = np.maximum.accumulate(self._generations(ts)) if len(ts) else np.zeros(0, np.int64)
+    def _check_empty(self, ts: TimeStamps, clock: TimeStamps | None) -> None:
+        """Validate the arguments of an empty batch, which changes nothing (not even the clock)."""
+        self._timestamps(ts, 0)
+        if clock is not None:
+            self._timestamps(clock, 0, "clock")
+
+    def _filter(self, gen: int, clock_gen: int) -> Words:
+        """The filter of generation ``gen`` (created if missing), after dropping generations
+        older than ``clock_gen - 1``."""
+        for old in [g for g in self._gens if g < clock_gen - 1]:
+            del self._gens[old]
+        words = self._gens.get(gen)
+        if words is None:
+            words = self._gens[gen] = np.zeros((self._m + 63) // 64, dtype=np.uint64)
+        return words
+
+    def _retain(self) -> None:
+        """Drop the generations older than the one before the clock's."""
         if self._gen is not None:
-            eff = np.maximum(eff, self._gen)
-        cuts = [0, *(np.flatnonzero(np.diff(eff)) + 1).tolist(), len(eff)]
-        return [(a, b, int(eff[a])) for a, b in itertools.pairwise(cuts) if b > a]
-
-    def _advance_clock(self, ts: NDArray[np.float64]) -> None:
-        if len(ts):
-            top = float(ts.max())
-            self._clock = top if self._clock is None else max(self._clock, top)
+            for old in [g for g in self._gens if g < self._gen - 1]:
+                del self._gens[old]
 
     # -- updates ----------------------------------------------------------------------------
 
-    def add(self, item: Item, ts: float) -> None:
+    def add(self, item: Item, ts: float, clock: float | None = None) -> None:
         """Add one item seen at event time ``ts``.
 
         Parameters
@@ -237,15 +322,17 @@ class AgingBloomFilter(Sketch):
             The item.
         ts : float or int
             Event time in seconds; a late ``ts`` (below the clock) counts at the clock.
+        clock : float or int, optional
+            Low watermark (see the class notes); ``None``: the largest ``ts`` inserted.
 
         Raises
         ------
         ValueError
-            If ``ts`` is NaN or infinite.
+            If ``ts`` or ``clock`` is NaN or infinite.
         """
-        self.update([item], ts)
+        self.update([item], ts, clock=clock)
 
-    def update(self, items: Items, ts: TimeStamps) -> None:
+    def update(self, items: Items, ts: TimeStamps, clock: TimeStamps | None = None) -> None:
         """Add a batch; the same state as ``add`` for each item in turn.
 
         Parameters
@@ -254,20 +341,26 @@ class AgingBloomFilter(Sketch):
             The items.
         ts : float, int or array of them
             One event time for the whole batch, or one per item.
+        clock : float, int or array of them, optional
+            Low watermark per item (or one for the batch), non-decreasing; see
+            ``check_and_add_hashes``. ``None``: the running maximum of ``ts``.
 
         Raises
         ------
         ValueError
-            If a timestamp is NaN or infinite, or ``ts`` has the wrong shape.
+            If a timestamp or clock is NaN or infinite, ``ts`` or ``clock`` has the wrong
+            shape, or ``clock`` decreases.
         """
         hashes = hash64_many(items, self._seed)
-        times = self._timestamps(ts, len(hashes))
-        for start, stop, gen in self._runs(times):
-            self._rotate(gen)
-            self._probe(hashes[start:stop], SET)
-        self._advance_clock(times)
+        if not len(hashes):
+            self._check_empty(ts, clock)
+            return
+        runs, self._clock, self._gen = self._schedule(ts, len(hashes), clock)
+        for start, stop, gen, clock_gen in runs:
+            probe_hashes(self._filter(gen, clock_gen), hashes[start:stop], self._k, self._m, SET)
+        self._retain()
 
-    def check_and_add(self, item: Item, ts: float) -> bool:
+    def check_and_add(self, item: Item, ts: float, clock: float | None = None) -> bool:
         """Report whether ``item`` was (probably) seen within the TTL, then add it at ``ts``.
 
         Parameters
@@ -276,24 +369,28 @@ class AgingBloomFilter(Sketch):
             The item.
         ts : float or int
             Event time in seconds.
+        clock : float or int, optional
+            Low watermark (see the class notes); ``None``: the largest ``ts`` inserted.
 
         Returns
         -------
         bool
-            ``True`` if the item was (probably) present at effective time ``max(ts, clock)``.
+            ``True`` if the item was (probably) present at the effective time.
 
         Raises
         ------
         ValueError
-            If ``ts`` is NaN or infinite.
+            If ``ts`` or ``clock`` is NaN or infinite.
         """
-        return bool(self.check_and_add_many([item], ts)[0])
+        return bool(self.check_and_add_many([item], ts, clock=clock)[0])
 
-    def check_and_add_many(self, items: Items, ts: TimeStamps) -> NDArray[np.bool_]:
+    def check_and_add_many(
+        self, items: Items, ts: TimeStamps, clock: TimeStamps | None = None
+    ) -> NDArray[np.bool_]:
         """Test-and-set a batch with the semantics of ``check_and_add`` applied in order.
 
         A repeat within the batch is reported at its second occurrence if it is still within
-        the TTL by then; the batch is split where the clock changes generation.
+        the TTL by then; the batch is split where the effective generation changes.
 
         Parameters
         ----------
@@ -301,6 +398,8 @@ class AgingBloomFilter(Sketch):
             The items.
         ts : float, int or array of them
             One event time for the whole batch, or one per item.
+        clock : float, int or array of them, optional
+            Low watermark per item (or one for the batch); see ``check_and_add_hashes``.
 
         Returns
         -------
@@ -310,37 +409,106 @@ class AgingBloomFilter(Sketch):
         Raises
         ------
         ValueError
-            If a timestamp is NaN or infinite, or ``ts`` has the wrong shape.
+            If a timestamp or clock is NaN or infinite, ``ts`` or ``clock`` has the wrong
+            shape, or ``clock`` decreases.
         """
-        return self.check_and_add_hashes(hash64_many(items, self._seed), ts)
+        return self.check_and_add_hashes(hash64_many(items, self._seed), ts, clock=clock)
 
-    def check_and_add_hashes(self, hashes: NDArray[np.uint64], ts: TimeStamps) -> NDArray[np.bool_]:
+    def check_and_add_hashes(
+        self, hashes: NDArray[np.uint64], ts: TimeStamps, clock: TimeStamps | None = None
+    ) -> NDArray[np.bool_]:
         """``check_and_add_many`` for items already hashed with ``hash64_many(items, self.seed)``.
 
         For callers that hashed the items anyway (e.g. to route them to a shard): the same
         answers and the same filter state as ``check_and_add_many(items, ts)``, without hashing
         twice.
 
+        Parameters
+        ----------
+        hashes : numpy.ndarray of uint64
+            ``hash64_many(items, self.seed)``.
+        ts : float, int or array of them
+            One event time for the whole batch, or one per item.
+        clock : float, int or array of them, optional
+            ``None`` (default): the clock is the running maximum of ``ts`` and every event
+            counts at it. Otherwise the low watermark of each event (or one for the batch):
+            non-decreasing within the call, raised to the filter's clock if below it. Event
+            ``i`` counts at ``e_i = max(ts_i, clock_i)``: it is checked against generations
+            ``floor(e_i / ttl)``, the one before and (if a partition ahead created it) the one
+            after, and inserted into the first, in input order; generations older than
+            ``floor(clock_i / ttl) - 1`` are dropped, and the filter's clock becomes
+            ``clock[-1]``.
+
+        Returns
+        -------
+        numpy.ndarray of bool
+            ``True`` where the item was (probably) present.
+
+        Raises
+        ------
+        ValueError
+            If ``hashes`` is not a uint64 array, a timestamp or clock is NaN or infinite,
+            ``ts`` or ``clock`` has the wrong shape, or ``clock`` decreases.
+
+        Examples
+        --------
         >>> from sketches.hashing import hash64_many
         >>> f = AgingBloomFilter(capacity=100, fp_rate=0.01, ttl=60.0)
         >>> f.check_and_add_hashes(hash64_many(["a", "b", "a"], f.seed), 0.0).tolist()
+        [False, False, True]
+
+        A partition running ahead (``ts`` 200) of the watermark (0) keeps its own generation:
+        its repeat 200 s later is not a duplicate, and the lagging copy at 30 s still is.
+
+        >>> h = hash64_many(["x", "x", "x"], f.seed)
+        >>> f.check_and_add_hashes(h, [10.0, 200.0, 30.0], clock=[0.0, 0.0, 30.0]).tolist()
         [False, False, True]
         """
         if not isinstance(hashes, np.ndarray) or hashes.dtype != np.uint64:
             raise ValueError("hashes must be a numpy uint64 array from sketches.hashing.hash64_many")
         hashes = hashes.reshape(-1)
-        times = self._timestamps(ts, len(hashes))
-        out = np.zeros(len(hashes), dtype=np.bool_)
-        for start, stop, gen in self._runs(times):
-            self._rotate(gen)
-            out[start:stop] = self._probe(hashes[start:stop], CHECK_AND_SET, self._prev._words)
-        self._advance_clock(times)
+        n = len(hashes)
+        if not n:
+            self._check_empty(ts, clock)
+            return np.zeros(0, dtype=np.bool_)
+        runs, self._clock, self._gen = self._schedule(ts, n, clock)
+        k, m, gens = self._k, self._m, self._gens
+        if len(runs) == 1:
+            _, _, gen, clock_gen = runs[0]
+            out = probe_hashes(self._filter(gen, clock_gen), hashes, k, m, CHECK_AND_SET, gens.get(gen - 1))
+            self._check_ahead(hashes, gen, out)
+        else:
+            out = np.zeros(n, dtype=np.bool_)
+            for start, stop, gen, clock_gen in runs:
+                words = self._filter(gen, clock_gen)
+                out[start:stop] = probe_hashes(
+                    words, hashes[start:stop], k, m, CHECK_AND_SET, gens.get(gen - 1)
+                )
+                self._check_ahead(hashes[start:stop], gen, out[start:stop])
+        self._retain()
         return out
 
+    def _check_ahead(self, hashes: NDArray[np.uint64], gen: int, out: NDArray[np.bool_]) -> None:
+        """OR into ``out`` the items present in generation ``gen + 1``: it exists only when a
+        partition runs ahead of the clock, and a lagging copy of an item seen there is a
+        repeat within the TTL in the other direction of time (its inserts go to ``gen``)."""
+        ahead = self._gens.get(gen + 1)
+        if ahead is not None:
+            out |= probe_hashes(ahead, hashes, self._k, self._m, TEST)
+
     def estimated_fp_rate(self) -> float:
-        """False-positive rate of a check now, from the fill of both generation filters."""
-        cur, prev = self._cur.estimated_fp_rate(), self._prev.estimated_fp_rate()
-        return float(1.0 - (1.0 - cur) * (1.0 - prev))
+        """False-positive rate of a check at the clock, from the fill of the generation
+        filters it looks at (the clock's, the one before and, if it exists, the one after)."""
+        if self._gen is None:
+            return 0.0
+        absent = 1.0
+        for g in (self._gen - 1, self._gen, self._gen + 1):
+            absent *= 1.0 - self._fill_rate(self._gens.get(g))
+        return float(1.0 - absent)
+
+    def _fill_rate(self, words: Words | None) -> float:
+        # the same arithmetic as BloomFilter.estimated_fp_rate: fill_ratio ** k
+        return 0.0 if words is None else float((_popcount(words) / self._m) ** self._k)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -369,6 +537,9 @@ class AgingBloomFilter(Sketch):
     def contains_many(self, items: Items, ts: TimeStamps) -> NDArray[np.bool_]:
         """Membership of each item of a batch at its query time (does not move the clock).
 
+        Item ``i`` is checked against generations ``floor(max(ts_i, clock) / ttl)`` and the
+        one before, as ``check_and_add_many`` would check it, without inserting it.
+
         Parameters
         ----------
         items : sequence of str/bytes/int, or numpy integer array
@@ -388,24 +559,39 @@ class AgingBloomFilter(Sketch):
         """
         hashes = hash64_many(items, self._seed)
         gens = self._generations(self._timestamps(ts, len(hashes)))
-        if self._gen is None:
-            return np.zeros(len(hashes), dtype=np.bool_)
-        ahead = np.maximum(gens, self._gen) - self._gen  # 0: both filters live, 1: only _cur, 2+: none
-        in_cur = self._probe(hashes, TEST)
-        in_prev = probe_hashes(self._prev._words, hashes, self._cur.num_hashes, self._cur.num_bits, TEST)
-        present: NDArray[np.bool_] = ((ahead == 0) & (in_cur | in_prev)) | ((ahead == 1) & in_cur)
-        return present
+        out = np.zeros(len(hashes), dtype=np.bool_)
+        if self._gen is None or not len(hashes):
+            return out
+        gens = np.maximum(gens, self._gen)
+        lo, hi = int(gens.min()), int(gens.max())
+        if lo == hi:
+            groups: list[tuple[int, NDArray[np.intp] | slice]] = [(lo, slice(None))]
+        else:
+            order = np.argsort(gens, kind="stable")
+            ordered = gens[order]
+            cuts = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), len(ordered)]
+            groups = [(int(ordered[a]), order[a:b]) for a, b in itertools.pairwise(cuts)]
+        for gen, where in groups:
+            cur, prev = self._gens.get(gen), self._gens.get(gen - 1)
+            if cur is None:
+                cur, prev = prev, None
+            if cur is not None:
+                out[where] = probe_hashes(cur, hashes[where], self._k, self._m, TEST, prev)
+            ahead = self._gens.get(gen + 1)  # see _check_ahead
+            if ahead is not None:
+                out[where] |= probe_hashes(ahead, hashes[where], self._k, self._m, TEST)
+        return out
 
     # -- merge and bytes --------------------------------------------------------------------
 
     def merge(self, other: AgingBloomFilter) -> None:
         """Union in place, generation by generation.
 
-        Filters of equal generation are OR-ed; the two newest generations of either side are
-        kept and the clock becomes the larger clock. If each side was fed its events in
-        non-decreasing time order, the result is bit-identical to one filter fed the union
-        of both streams in time order (late events in the inputs are kept at the generation
-        they were inserted into).
+        Filters of equal generation are OR-ed, the clock becomes the larger clock, and
+        generations older than the one before the new clock's are dropped. In the default
+        mode, if each side was fed its events in non-decreasing time order, the result is
+        bit-identical to one filter fed the union of both streams in time order (late events
+        in the inputs are kept at the generation they were inserted into).
 
         Parameters
         ----------
@@ -420,52 +606,84 @@ class AgingBloomFilter(Sketch):
         self._check_mergeable(other, ("capacity", "fp_rate", "ttl", "seed"))
         if other._gen is None or other._clock is None:
             return
-        top = other._gen if self._gen is None else max(self._gen, other._gen)
-        self._rotate(top)
-        for words, gen in ((other._cur._words, other._gen), (other._prev._words, other._gen - 1)):
-            if gen == top:
-                np.bitwise_or(self._cur._words, words, out=self._cur._words)
-            elif gen == top - 1:
-                np.bitwise_or(self._prev._words, words, out=self._prev._words)
-        self._clock = other._clock if self._clock is None else max(self._clock, other._clock)
+        if self._gen is None or self._clock is None or other._clock > self._clock:
+            self._clock, self._gen = other._clock, other._gen
+        for gen, words in other._gens.items():
+            if gen < self._gen - 1:
+                continue
+            mine = self._gens.get(gen)
+            if mine is None:
+                self._gens[gen] = words.copy()
+            else:
+                np.bitwise_or(mine, words, out=mine)
+        self._retain()
 
     def to_bytes(self) -> bytes:
-        """Versioned, checksummed bytes: parameters, clock and the two packed bit arrays."""
+        """Versioned, checksummed bytes: parameters, clock and the packed bit arrays.
+
+        Version 1 (two arrays: the clock's generation and the one before) whenever every
+        non-empty generation is one of those two, else version 2 (each non-empty generation
+        with its number, ascending). Empty generations are not stored.
+        """
         has_clock = self._clock is not None
-        params = (self._capacity, self._fp_rate, self._ttl, self._seed, has_clock, self._clock or 0.0)
-        m = self.num_bits
-        return _CODEC.dump(params, _pack(self._cur._words, m) + _pack(self._prev._words, m))
+        clock = self._clock or 0.0
+        m = self._m
+        live = {g: w for g, w in sorted(self._gens.items()) if w.any()}
+        if self._gen is None or set(live) <= {self._gen, self._gen - 1}:
+            empty = bytes((m + 7) // 8)
+            cur, prev = (live.get(g) for g in ((self._gen or 0), (self._gen or 0) - 1))
+            payload = (empty if cur is None else _pack(cur, m)) + (empty if prev is None else _pack(prev, m))
+            head = (self._capacity, self._fp_rate, self._ttl, self._seed, has_clock, clock)
+            return _CODEC_V1.dump(head, payload)
+        numbers = np.array(list(live), dtype="<i8").tobytes()
+        payload = numbers + b"".join(_pack(w, m) for w in live.values())
+        params = (self._capacity, self._fp_rate, self._ttl, self._seed, has_clock, clock, len(live))
+        return _CODEC.dump(params, payload)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AgingBloomFilter:
-        """Rebuild a filter from ``to_bytes()``.
+        """Rebuild a filter from ``to_bytes()`` (format version 1 or 2).
 
         Raises
         ------
         ValueError
             If ``data`` is not an intact ``AgingBloomFilter`` record.
         """
-        (capacity, fp_rate, ttl, seed, has_clock, clock), payload = _CODEC.load(data)
+        v1 = isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[4:5]) == b"\x01"
+        params, payload = (_CODEC_V1 if v1 else _CODEC).load(data)
+        capacity, fp_rate, ttl, seed, has_clock, clock = params[:6]
+        count = 2 if v1 else params[6]
         try:
             num_bits, _ = optimal_size(capacity, check_fp_rate(fp_rate) / 2)
             _check_ttl(ttl)
         except ValueError as exc:
             raise ValueError(f"corrupt AgingBloomFilter bytes: {exc}") from exc
         half = (num_bits + 7) // 8
-        if len(payload) != 2 * half:
-            raise ValueError(
-                f"corrupt AgingBloomFilter bytes: {len(payload)} payload bytes, expected {2 * half}"
-            )
+        size = count * half + (0 if v1 else 8 * count)
+        if len(payload) != size:
+            raise ValueError(f"corrupt AgingBloomFilter bytes: {len(payload)} payload bytes, expected {size}")
         if has_clock not in (0, 1) or not math.isfinite(clock) or (not has_clock and clock != 0.0):
             raise ValueError("corrupt AgingBloomFilter bytes: bad clock")
-        if not has_clock and any(payload):
+        if not has_clock and (any(payload) or (not v1 and count)):
             raise ValueError("corrupt AgingBloomFilter bytes: bits set before any insertion")
         f = cls(capacity, fp_rate, ttl, seed)
-        f._cur._words = _unpack(payload[:half], f.num_bits, "AgingBloomFilter")
-        f._prev._words = _unpack(payload[half:], f.num_bits, "AgingBloomFilter")
-        if has_clock:
-            f._clock = float(clock)
-            f._gen = int(f._generations(np.array([clock]))[0])
+        if not has_clock:
+            return f
+        f._clock = float(clock)
+        f._gen = gen = int(f._generations(np.array([clock]), "clock")[0])
+        if v1:
+            numbers = [gen, gen - 1]
+        else:
+            numbers = np.frombuffer(payload[: 8 * count], dtype="<i8").astype(np.int64).tolist()
+            payload = payload[8 * count :]
+            if any(b <= a for a, b in itertools.pairwise(numbers)):
+                raise ValueError("corrupt AgingBloomFilter bytes: generations not strictly ascending")
+            if numbers and (numbers[0] < gen - 1 or numbers[-1] >= _MAX_GENERATION):
+                raise ValueError("corrupt AgingBloomFilter bytes: generation out of range")
+        for j, number in enumerate(numbers):
+            words = _unpack(payload[j * half : (j + 1) * half], num_bits, "AgingBloomFilter")
+            if words.any():
+                f._gens[number] = words
         return f
 
     def __repr__(self) -> str:

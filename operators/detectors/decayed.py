@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from connectors.events import EventBatch
 from operators.alerts import Alert
 from operators.entities import EntityTable
-from operators.runtime import Detector, Output
+from operators.runtime import Detector, Output, event_clock
 from operators.segments import segmented_cumsum
 from sketches.hashing import hash64_many
 
@@ -247,7 +247,7 @@ class DecayedMeanDetector(Detector):
         table["armed"][grows] = armed_after
 
         alerts = self._alerts(batch, order, fired, t, mean, weight)
-        self._max_ts = max(self._max_ts, float(ts.max()))
+        self._max_ts = float(event_clock(batch, ts, self._max_ts)[-1])
         # Entities idle 2 * idle_ttl behind the shard's latest time (they would reset anyway).
         table.evict(now=self._max_ts - self.idle_ttl)
         return alerts

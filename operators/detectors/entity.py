@@ -53,7 +53,7 @@ from numpy.typing import NDArray
 from connectors.events import EventBatch
 from operators.alerts import Alert
 from operators.entities import EntityTable
-from operators.runtime import Detector, Output
+from operators.runtime import Detector, Output, event_clock
 from operators.segments import exclusive_segmented_cumsum
 from sketches import DGIM, AgingBloomFilter
 from sketches.dgim_table import MAX_WINDOW as DGIM_TABLE_MAX_WINDOW
@@ -167,11 +167,21 @@ class _Groups:
         return self.keys[self.starts]
 
 
-def _shard_clock(ts: FloatArray, carried: float) -> FloatArray:
-    """Running maximum of ``ts`` in input order, continuing from ``carried``."""
-    clock = np.maximum.accumulate(ts)
-    np.maximum(clock, carried, out=clock)
-    return clock
+def _shard_clock(batch: EventBatch, ts: FloatArray, carried: float) -> FloatArray:
+    """The shard's clock after each event (input order), never below ``carried``: the
+    runtime's partition clock (:attr:`EventBatch.clock`), else the running maximum of ``ts``."""
+    return event_clock(batch, ts, carried)
+
+
+def _finite_clock(clock: FloatArray | None, ts: FloatArray) -> FloatArray | None:
+    """``clock`` with its ``-inf`` prefix (the shard has not heard from every partition yet)
+    replaced by a value at most every ``ts`` and every later clock: no event counts as late
+    and no generation is dropped by it, as with no clock at all."""
+    if clock is None or not len(clock) or np.isfinite(clock[0]):
+        return clock
+    finite = clock[np.isfinite(clock)]
+    low = min(float(ts.min()), float(finite[0]) if len(finite) else math.inf)
+    return np.maximum(clock, low)
 
 
 def _previous(values: FloatArray, groups: _Groups, stored: FloatArray) -> FloatArray:
@@ -302,12 +312,19 @@ class DuplicateDetector(Detector):
         # In chunks: the same answers as one call (the filter is sequential), but the probe
         # arrays (events x hashes) stay cache-sized.
         check = self.filter.check_and_add_hashes
+        # With several input partitions the filter keeps generations by each event's own time
+        # and drops them by the shard's partition clock (operators.runtime.PartitionClock).
+        clock = _finite_clock(batch.clock, ts)
         if len(ts) <= _DUP_CHUNK:
-            dup = check(hashes, ts)
+            dup = check(hashes, ts, clock)
         else:
             dup = np.concatenate(
                 [
-                    check(hashes[lo : lo + _DUP_CHUNK], ts[lo : lo + _DUP_CHUNK])
+                    check(
+                        hashes[lo : lo + _DUP_CHUNK],
+                        ts[lo : lo + _DUP_CHUNK],
+                        None if clock is None else clock[lo : lo + _DUP_CHUNK],
+                    )
                     for lo in range(0, len(ts), _DUP_CHUNK)
                 ]
             )
@@ -562,7 +579,7 @@ class OutlierDetector(Detector):
         g = _groups(batch, self.entity_column)
         order = g.order
         sts, slv = ts[order], lv[order]
-        clock = _shard_clock(ts, self._clock)[order]
+        clock = _shard_clock(batch, ts, self._clock)[order]
         self._clock = float(clock.max())
         table = self.table
         keys = g.unique_keys
@@ -778,7 +795,7 @@ class _DGIMDetector(Detector):
         ts = _timestamps(batch)
         g = _groups(batch, self.entity_column)
         sts = ts[g.order]
-        clock = _shard_clock(ts, self._clock)[g.order]
+        clock = _shard_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
         keys = g.unique_keys
         rows = table.rows(keys)
@@ -858,7 +875,7 @@ class _DGIMDetector(Detector):
         ts = _timestamps(batch)
         g = _groups(batch, self.entity_column)
         sts = ts[g.order]
-        clock = _shard_clock(ts, self._clock)[g.order]
+        clock = _shard_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
         states = self._states
         keys = g.unique_keys.tolist()
@@ -1199,7 +1216,7 @@ class StuckDetector(Detector):
         order = g.order
         sts = ts[order]
         values = np.asarray(batch[self.value_column], dtype=np.float64)[order]
-        clock = _shard_clock(ts, self._clock)[order]
+        clock = _shard_clock(batch, ts, self._clock)[order]
         self._clock = float(clock.max())
         table = self.table
         rows = table.rows(g.unique_keys)

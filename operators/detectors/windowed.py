@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 
 from connectors.events import EventBatch
 from operators.alerts import Alert
-from operators.runtime import Detector, Output
+from operators.runtime import Detector, Output, event_clock
 from operators.windows import NEVER, Ewma, Plan, Sliding, Tumbling, WindowClock, Windows, group_rows
 from sketches import AMSSketch, CountMinSketch, HyperLogLog, SpaceSaving
 from sketches.hashing import fmix64, hash64_many
@@ -148,7 +148,7 @@ class PaneDetector(Detector):
     def process(self, batch: EventBatch) -> list[Output]:
         if len(batch) == 0:
             return []
-        plan: Plan = self.clock.plan(batch["ts"])
+        plan: Plan = self.clock.plan(batch["ts"], batch.clock)
         self.late_events += int(plan.late.sum())
         cols = self._prepare(batch)
         out: list[Output] = []
@@ -784,9 +784,10 @@ class TrailingZScore(Detector):
         if n == 0:
             return []
         ts = np.asarray(batch["ts"], dtype=np.float64)
-        running = np.maximum.accumulate(np.concatenate(([self.max_ts], ts)))
-        self.max_ts = float(running[-1])
-        on_time = ts >= running[:-1] - self.lateness
+        after = event_clock(batch, ts, self.max_ts)  # the shard's clock (max_ts: its value)
+        before = np.concatenate(([self.max_ts], after[:-1]))
+        self.max_ts = float(after[-1])
+        on_time = ts >= before - self.lateness
         self.late_events += int(n - on_time.sum())
         idx = np.flatnonzero(on_time)
         zone = hash64_many(batch["zone"], KEY_SEED)[idx]

@@ -42,6 +42,7 @@ def test_defaults() -> None:
         20,
     )
     assert c.parse_ahead is False
+    assert (c.max_skew, c.idle_partition) == (3600.0, 30.0)
     assert "PATH" not in c.env
 
 
@@ -56,9 +57,12 @@ def test_values_are_read() -> None:
             "SKETCHWATCH_IDLE_TTL": "90.5",
             "SKETCHWATCH_SAMPLE_K": "0",
             "SKETCHWATCH_PARSE_AHEAD": "1",
+            "SKETCHWATCH_MAX_SKEW": "600",
+            "SKETCHWATCH_IDLE_PARTITION": "2.5",
         },
     )
     assert c.parse_ahead is True
+    assert (c.max_skew, c.idle_partition) == (600.0, 2.5)
     assert (c.events, c.seed, c.batch, c.shards, c.idle_ttl, c.sample_k) == (
         2000,
         2**32 - 1,

@@ -69,14 +69,19 @@ def _read_topic(bootstrap: str, topic: str, partitions: int) -> list[Any]:
     raise AssertionError(f"end of {topic} not reached")
 
 
-def _run_input(bootstrap: str, topic: str, flow: str = "fraud", batch: int = 1000) -> list[Any]:
+def _run_input(
+    bootstrap: str, topic: str, flow: str = "fraud", batch: int = 1000, markers: bool = False
+) -> list[Any]:
+    """The items of a finite Kafka input (``markers``: with the partitions' end markers)."""
     env = {"SKETCHWATCH_SOURCE": f"kafka://{bootstrap}/{topic}", "SKETCHWATCH_BATCH": str(batch)}
     config = Config.from_env(flow, env)
     df = Dataflow("kafka_in")
     out: list[Any] = []
     op.output("out", kafka_input(df, "source", config, tail=False), TestingSink(out))
     run_main(df)
-    return out
+    if markers:
+        return out
+    return [x for x in out if not (isinstance(x, EventBatch) and x.progress and x.progress.state != "data")]
 
 
 def _generated(flow: str, n: int, seed: int) -> EventBatch:
@@ -227,11 +232,19 @@ def test_generated_events_round_trip_three_partitions(kafka_broker: TansuBroker)
     stored = _read_topic(kafka_broker.bootstrap, topic, 3)
     by_place = {(m.partition(), m.offset()): json.loads(m.value()) for m in stored}
     assert len({p for p, _ in by_place}) == 3  # keys spread the events over all partitions
-    out = _run_input(kafka_broker.bootstrap, topic, batch=700)
-    assert all(isinstance(x, EventBatch) for x in out)
+    everything = _run_input(kafka_broker.bootstrap, topic, batch=700, markers=True)
+    # Every batch names its partition; each partition ends with one empty "final" marker.
+    names = tuple(f"{p}-{topic}" for p in range(3))
+    assert all(
+        isinstance(x, EventBatch) and x.progress and x.progress.partitions == names for x in everything
+    )
+    finals = [x.progress.partition for x in everything if x.progress.state == "final" and not len(x)]
+    assert sorted(finals) == list(names)
+    out = [x for x in everything if x.progress.state == "data"]
     seen: dict[int, list[int]] = {}
     for batch in out:
         pos = batch.positions.tolist()
+        assert batch.progress.partition == names[int(batch.progress.partition.split("-")[0])]
         # Each batch is one partition's events in offset order, positions = offsets.
         parts = [
             p

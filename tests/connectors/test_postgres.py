@@ -387,3 +387,25 @@ def test_transient_classification_of_real_errors(
     assert is_transient_error(dropped.value)  # 57P01 admin shutdown / connection invalidated
     assert is_transient_error(refused.value)  # connection refused
     assert not is_transient_error(ValueError("x"))
+
+
+def test_samples_table_of_an_earlier_version_gets_the_partition_column(pg_url: str) -> None:
+    engine = create_engine(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "create table samples (sample_id varchar(32) primary key, flow varchar(64) not null, "
+                    "window_start timestamptz not null, window_end timestamptz not null, "
+                    "stratum varchar not null, position bigint not null, event json not null, "
+                    "created_at timestamptz not null)"
+                )
+            )
+            conn.execute(text("insert into samples values ('old', 'f', now(), now(), 's', 1, '{}', now())"))
+    finally:
+        engine.dispose()
+    sample = Sample("fraud", 0.0, 60.0, "s", 1, {"x": 1}, partition="3-tx")
+    write_items(pg_url, [sample])
+    SqlSink(pg_url)  # again: nothing to add
+    rows = {r["sample_id"]: r["source_partition"] for r in read_table(pg_url, "samples")}
+    assert rows == {"old": "", sample.sample_id: "3-tx"}

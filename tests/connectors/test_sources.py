@@ -1,17 +1,21 @@
-"""GeneratorSource: batches, exact resume from the snapshot, contract checks."""
+"""GeneratorSource: batches, exact resume from the snapshot, contract checks; PartitionProgress."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
 
 import bytewax.operators as op
 import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink, run_main
 
-from connectors.events import EventBatch
-from connectors.sources import GeneratorSource
+from connectors import sources
+from connectors.events import SCHEMAS, DeadLetter, EventBatch, Progress
+from connectors.sources import GeneratorSource, PartitionProgress
 
 
 def generate(n_events: int, seed: int, start: int, batch_size: int) -> Iterator[EventBatch]:
@@ -84,3 +88,89 @@ def test_in_a_dataflow() -> None:
     )
     run_main(flow)  # type: ignore[no-untyped-call]
     assert sum(sizes) == 1000
+
+
+# -- PartitionProgress ------------------------------------------------------------------------
+
+
+class _Scripted(FixedPartitionedSource[Any, int]):
+    """Partitions that return scripted items per call ("end": StopIteration)."""
+
+    def __init__(self, scripts: dict[str, list[Any]]) -> None:
+        self.scripts = scripts
+
+    def list_parts(self) -> list[str]:
+        return sorted(self.scripts, reverse=True)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ScriptedPart:
+        return _ScriptedPart(self.scripts[for_part], resume_state or 0)
+
+
+class _ScriptedPart(StatefulSourcePartition[Any, int]):
+    def __init__(self, script: list[Any], start: int) -> None:
+        self.script, self.i, self.closed = script, start, False
+
+    def next_batch(self) -> list[Any]:
+        step = self.script[self.i]
+        if step == "end":
+            raise StopIteration
+        self.i += 1
+        return list(step)
+
+    def next_awake(self) -> datetime | None:
+        return datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def snapshot(self) -> int:
+        return self.i
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _batch(n: int) -> EventBatch:
+    return EventBatch("fraud", np.arange(n), {"ts": np.arange(n, dtype=float)})
+
+
+def test_progress_stamps_batches_and_ends_with_a_final_marker() -> None:
+    dead = DeadLetter("fraud", "f", 3, "bad", b"x")
+    src = PartitionProgress(_Scripted({"a": [[_batch(2), dead], "end"], "b": [[], "end"]}), "fraud")
+    part = src.build_part("in", "a", None)
+    first = part.next_batch()
+    assert first[1] is dead  # other items pass unchanged
+    assert first[0].progress == Progress("a", ("a", "b"))  # every partition, sorted
+    (marker,) = part.next_batch()
+    assert marker.progress == Progress("a", ("a", "b"), "final") and len(marker) == 0
+    assert list(marker.columns) == list(SCHEMAS["fraud"].names)  # empty columns of the flow
+    with pytest.raises(StopIteration):
+        part.next_batch()
+    assert part.snapshot() == 1 and part.next_awake() == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    part.close()
+
+
+def test_progress_announces_a_quiet_partition_once_until_it_has_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(sources.time, "monotonic", lambda: now[0])
+    script: list[Any] = [[], [], [_batch(1)], [], []]
+    part = PartitionProgress(_Scripted({"a": script}), "fraud", idle_after=30.0).build_part("in", "a", None)
+    assert part.next_batch() == []  # 0 s without events
+    now[0] += 30.0
+    (idle,) = part.next_batch()
+    assert idle.progress is not None and idle.progress.state == "idle" and len(idle) == 0
+    now[0] += 100.0
+    (data,) = part.next_batch()  # events again: no longer idle
+    assert data.progress is not None and data.progress.state == "data"
+    now[0] += 29.0
+    assert part.next_batch() == []
+    now[0] += 1.0
+    assert [b.progress.state for b in part.next_batch()] == ["idle"]
+
+
+def test_progress_refuses_a_bad_idle_time() -> None:
+    with pytest.raises(ValueError, match="idle_after"):
+        PartitionProgress(_Scripted({}), "fraud", idle_after=0.0)
+    with pytest.raises(ValueError, match="not among"):
+        Progress("c", ("a", "b"))
+    with pytest.raises(ValueError, match="state"):
+        Progress("a", ("a",), "paused")

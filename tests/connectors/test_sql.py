@@ -147,6 +147,29 @@ def test_tables_created_at_construction_in_wal_mode(tmp_path: Path) -> None:
     SqlSink(url)  # idempotent
 
 
+def test_samples_table_of_an_earlier_version_gets_the_partition_column(tmp_path: Path) -> None:
+    con = sqlite3.connect(tmp_path / "out.db")
+    con.execute(
+        "create table samples (sample_id varchar(32) primary key, flow varchar(64) not null, "
+        "window_start datetime not null, window_end datetime not null, stratum varchar not null, "
+        "position bigint not null, event json not null, created_at datetime not null)"
+    )
+    con.execute(
+        "insert into samples values ('old', 'fraud', '2026-01-01', '2026-01-01', 's', 1, '{}', '2026-01-01')"
+    )
+    con.commit()
+    con.close()
+    url = url_of(tmp_path)
+    write_items(url, [Sample("fraud", 0.0, 60.0, "s", 1, {"x": 1}, partition="3-tx")])
+    SqlSink(url)  # again: nothing to add
+    rows = {r["sample_id"]: r["source_partition"] for r in read_table(url, "samples")}
+    assert rows == {"old": "", Sample("fraud", 0.0, 60.0, "s", 1, {}, partition="3-tx").sample_id: "3-tx"}
+    assert (
+        Sample("fraud", 0.0, 60.0, "s", 1, {}).sample_id
+        != Sample("fraud", 0.0, 60.0, "s", 1, {}, "p").sample_id
+    )
+
+
 def test_alert_round_trip(tmp_path: Path) -> None:
     url = url_of(tmp_path)
     a = alert(3, window_start=None, window_end=None, score=float("inf"))

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare  # type: ignore[import-untyped]
 
-from connectors.events import EventBatch, Sample
+from connectors.events import EventBatch, Progress, Sample
 from operators import sampling
 from operators.alerts import Alert
 from operators.detectors.decayed import DecayedMeanDetector
-from operators.runtime import Detector, Output
+from operators.runtime import Detector, Output, PartitionClock, _DetectorLogic
 from operators.sampling import FLOW_SAMPLING, StratumSpec, WindowSampler, sampler_for
 from sketches import DecayingAggregate
 from sketches.hashing import fmix64, hash64
@@ -277,6 +277,57 @@ def test_preselected_batches_give_the_same_samples(pieces: int) -> None:
     parts = [template.preselect(b) for b in random_splits(batch, pieces, pieces)] if pieces > 1 else [batch]
     assert sum(len(p) for p in parts) < len(batch) or pieces == 1
     assert run(sampler_for("ddos", k_per_stratum=3, seed=2), parts) == whole
+
+
+def _partitioned_chunks(seed: int, chunk: int, lag: int) -> list[EventBatch]:
+    """ddos events in two partitions (even and odd events; positions per partition, like
+    offsets), read by turns in chunks, partition b starting ``lag`` chunks behind a."""
+    batch = ddos_events(4000, seed=seed)
+    parts = ("a", "b")
+    chunks: dict[str, list[EventBatch]] = {}
+    for name, first in zip(parts, (0, 1), strict=True):
+        mine = batch.take(np.arange(first, len(batch), 2))
+        mine = EventBatch(mine.flow, np.arange(len(mine), dtype=np.int64), dict(mine.columns))
+        mine.progress = Progress(name, parts)
+        chunks[name] = [
+            mine.take(np.arange(lo, min(lo + chunk, len(mine)))) for lo in range(0, len(mine), chunk)
+        ]
+    order = chunks["a"][:lag]
+    for i in range(max(len(chunks["a"]), len(chunks["b"]))):
+        order += chunks["b"][i : i + 1] + chunks["a"][i + lag : i + lag + 1]
+    return order
+
+
+def _clocked_run(det: Detector, batches: list[EventBatch]) -> list[Output]:
+    """``det`` as a shard runs it: with a partition clock."""
+    logic = _DetectorLogic(det, PartitionClock())
+    out: list[Output] = []
+    for b in batches:
+        out += logic.on_batch([b])[0]
+    return out + list(logic.on_eof()[0])
+
+
+@pytest.mark.parametrize(("seed", "chunk", "lag"), [(1, 100, 3), (2, 250, 1), (3, 40, 12)])
+def test_preselection_is_exact_under_partition_clocks(seed: int, chunk: int, lag: int) -> None:
+    # Partition b trails a by several chunks: the sampler's clock is b's progress, far behind
+    # the batches of a; which events of a are late is unknown to the preselection.
+    chunks = _partitioned_chunks(seed, chunk, lag)
+    whole = _clocked_run(sampler_for("ddos", k_per_stratum=3, seed=2), chunks)
+    template = sampler_for("ddos", k_per_stratum=3, seed=2)
+    parts = [template.preselect(b) for b in chunks]
+    assert sum(map(len, parts)) < sum(map(len, chunks))
+    assert _clocked_run(sampler_for("ddos", k_per_stratum=3, seed=2), parts) == whole
+    samples = [s for s in whole if isinstance(s, Sample)]
+    assert {s.partition for s in samples} == {"a", "b"}  # positions repeat across partitions
+    assert len({s.sample_id for s in samples}) == len(samples)
+
+
+def test_prefix_bottom_k_equals_its_definition() -> None:
+    rng = np.random.default_rng(4)
+    for n, k in [(0, 3), (5, 3), (200, 1), (1000, 7)]:
+        prio = rng.integers(0, 2**63, n, dtype=np.uint64)
+        want = [i for i in range(n) if int((prio[:i] < prio[i]).sum()) < k]
+        assert sampling._prefix_bottom_k(prio, k).tolist() == want
 
 
 def test_samples_do_not_depend_on_arrival_order_within_a_window() -> None:

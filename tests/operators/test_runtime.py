@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import threading
 from functools import partial
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import bytewax.operators as op
 import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
-from bytewax.testing import TestingSink, TestingSource, cluster_main
+from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from connectors.events import EventBatch, LazyColumns, Sample
+from connectors.events import EventBatch, LazyColumns, Progress, Sample
 from operators.detectors.entity import DuplicateDetector
 from operators.routing import shard_key
 from operators.runtime import (
@@ -21,6 +22,10 @@ from operators.runtime import (
     DetectorGroup,
     DetectorSpec,
     Output,
+    PartitionClock,
+    _DetectorLogic,
+    detector_step,
+    event_clock,
     group_spec,
     group_specs,
     split_by_shard,
@@ -293,3 +298,93 @@ def test_group_spec_refuses_mixed_keys_and_local_steps() -> None:
         group_spec([_spec("a", None), _spec("b", None)])
     with pytest.raises(ValueError, match="not keyed by one column"):
         group_spec([_spec("a", "card"), _spec("b", "card", local=True)])
+
+
+# -- per-partition clocks -----------------------------------------------------------------------
+
+
+def _part(name: str, ts: list[float], parts: tuple[str, ...] = ("a", "b"), state: str = "data") -> EventBatch:
+    return EventBatch(
+        "demo", np.arange(len(ts)), {"ts": np.array(ts, dtype=float)}, progress=Progress(name, parts, state)
+    )
+
+
+def test_one_partition_clock_is_the_running_maximum() -> None:
+    clock = PartitionClock()
+    ts = [3.0, 1.0, 7.0, 5.0]
+    assert clock.clock_of(_part("a", ts, ("a",))).tolist() == [3.0, 3.0, 7.0, 7.0]
+    assert clock.clock_of(_part("a", [6.0, 8.0], ("a",))).tolist() == [7.0, 8.0]
+    plain = EventBatch("demo", np.arange(4), {"ts": np.array(ts)})
+    assert clock.clock_of(plain) is None  # no progress: detectors take the running maximum
+    assert event_clock(plain, plain["ts"], 4.0).tolist() == [4.0, 4.0, 7.0, 7.0]
+
+
+def test_clock_is_the_least_progress_over_partitions() -> None:
+    clock = PartitionClock()
+    assert clock.clock_of(_part("a", [100.0, 200.0])).tolist() == [-math.inf, -math.inf]  # b unheard
+    assert clock.clock_of(_part("b", [10.0, 50.0, 300.0])).tolist() == [10.0, 50.0, 200.0]
+    assert clock.clock_of(_part("a", [250.0])).tolist() == [250.0]
+    assert clock.clock_of(_part("b", [260.0])).tolist() == [250.0]  # never back, never past a
+    assert clock.clock == 250.0
+
+
+def test_ended_and_idle_partitions_stop_holding_the_clock() -> None:
+    clock = PartitionClock()
+    clock.clock_of(_part("a", [100.0]))
+    assert clock.clock_of(_part("b", [0.0], state="final")).tolist() == []
+    assert clock.clock_of(_part("a", [150.0])).tolist() == [150.0]  # b ended
+    clock = PartitionClock()
+    clock.clock_of(_part("b", [10.0]))
+    clock.clock_of(_part("b", [], state="idle"))
+    assert clock.clock_of(_part("a", [100.0])).tolist() == [100.0]  # b idle
+    assert clock.clock_of(_part("b", [20.0])).tolist() == [100.0]  # b back: holds again, never back
+    assert clock.clock_of(_part("a", [200.0])).tolist() == [100.0]
+
+
+def test_a_partition_trailing_by_more_than_max_skew_is_ignored() -> None:
+    clock = PartitionClock(max_skew=60.0)
+    clock.clock_of(_part("b", [0.0]))
+    assert clock.clock_of(_part("a", [30.0, 59.0, 61.0, 200.0])).tolist() == [0.0, 0.0, 61.0, 200.0]
+
+
+def test_clock_survives_pickling_with_its_detector() -> None:
+    logic = _DetectorLogic(_Recorder("x"), PartitionClock(max_skew=5.0))
+    logic.on_batch([_part("a", [1.0, 2.0]), _part("b", [0.5])])
+    detector, clock = pickle.loads(logic.snapshot())
+    assert isinstance(detector, _Recorder) and detector.seen == [["ts"], ["ts"]]
+    assert (clock.maxima, clock.clock, clock.max_skew) == ({"a": 2.0, "b": 0.5}, 0.5, 5.0)
+
+
+def test_detectors_get_one_clocked_batch_per_partition_run() -> None:
+    got: list[tuple[list[float], list[float]]] = []
+
+    class Clocked(Detector):
+        def process(self, batch: EventBatch) -> list[Output]:
+            assert batch.clock is not None
+            got.append((batch["ts"].tolist(), batch.clock.tolist()))
+            return []
+
+    logic = _DetectorLogic(Clocked(), PartitionClock())
+    marker = _part("b", [], state="idle")
+    logic.on_batch([_part("a", [5.0]), _part("a", [6.0]), marker, _part("b", [1.0]), _part("a", [7.0])])
+    # a's two batches are one run (b unheard: no clock yet); b's idle marker is no run; b
+    # then holds the clock at its own progress
+    assert got == [([5.0, 6.0], [-math.inf, -math.inf]), ([1.0], [1.0]), ([7.0], [1.0])]
+
+
+def test_markers_reach_the_shards_but_no_detector() -> None:
+    flow = Dataflow("markers")
+    parts = ("a",)
+    data = EventBatch("demo", np.arange(3), {"k": np.array(["x", "y", "z"], dtype=object), "ts": np.ones(3)})
+    data.progress = Progress("a", parts)
+    stream = op.input("in", flow, TestingSource([data, _part("a", [], parts, "final")]))
+    spec = DetectorSpec("record", "k", partial(_Recorder, "r"))
+    out: list[Any] = []
+    op.output("out", detector_step("record", stream, spec, shards=4, seed=0), TestingSink(out))
+    run_main(flow)
+    # a process call per shard that got events, none for the marker; but the marker reached
+    # every shard: all 4 exist and flush (a Sample of position 0 each)
+    shards = {key for key, _ in split_by_shard(data, "k", 4, 0)}
+    assert all(isinstance(s, Sample) for s in out)
+    assert sorted(s.position for s in out if isinstance(s, Sample)) == [0] * 4 + [1] * len(shards)
+    assert len(shards) < 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import struct
 from fractions import Fraction
 
 import numpy as np
@@ -13,9 +14,11 @@ from hypothesis import strategies as st
 
 from sketches._format import Codec
 from sketches.aging_bloom import AgingBloomFilter
-from sketches.bloom import BloomFilter
+from sketches.bloom import CHECK_AND_SET, BloomFilter, _pack, probe_hashes
+from sketches.hashing import hash64_many
 
 PARAMS = "<QddIBd"
+PARAMS_V2 = "<QddIBdI"
 TTLS = st.one_of(st.sampled_from([0.1, 1 / 3, 1.0, 7.5, 60.0, 3600.0]), st.floats(1e-3, 1e5))
 TIMES = st.one_of(st.floats(-1e6, 2e9), st.integers(-(10**6), 2 * 10**9))
 KEYS = st.one_of(st.integers(0, 30), st.sampled_from(["a", "b", "c", b"d"]))
@@ -392,15 +395,7 @@ def test_from_bytes_rejects_every_truncation_and_bit_flip() -> None:
     f = AgingBloomFilter(3, 0.1, ttl=2.5, seed=4)
     f.update(["a", "b", 1], [1.0, 3.0, 6.0])
     blob = f.to_bytes()
-    for cut in range(len(blob)):
-        with pytest.raises(ValueError):
-            AgingBloomFilter.from_bytes(blob[:cut])
-    for byte in range(len(blob)):
-        for bit in range(8):
-            flipped = bytearray(blob)
-            flipped[byte] ^= 1 << bit
-            with pytest.raises(ValueError):
-                AgingBloomFilter.from_bytes(bytes(flipped))
+    assert_rejects_truncations_and_bit_flips(blob)
     with pytest.raises(ValueError, match="BloomFilter, not a AgingBloomFilter"):
         AgingBloomFilter.from_bytes(BloomFilter(8, 1).to_bytes())
     for garbage in (b"", b"SKW\x02", bytes(range(200))):
@@ -460,3 +455,607 @@ def test_false_positive_rate_with_two_full_generations(fp_rate: float, queries: 
     # one generation alone answers at about half the rate
     alone = float(f.contains_many(probes, 1_100.0).mean())  # next generation
     assert abs(alone / (fp_rate / 2) - 1) < 0.25, alone
+
+
+# -- watermark clock: reference model ---------------------------------------------------------
+
+
+class WatermarkModel:
+    """Exact reference for ``clock=`` (and ``clock=None``): one event at a time, the set of
+    generations each key was inserted into, generations older than the clock's - 1 dropped.
+    Generations are exact floors (``Fraction``), independent of the filter's float arithmetic."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = Fraction(ttl)
+        self.clock: float | None = None
+        self.seen: dict[object, set[int]] = {}
+
+    def gen(self, t: float) -> int:
+        return math.floor(Fraction(t) / self.ttl)
+
+    def _advance(self, ts: float, clock: float | None) -> int:
+        c = ts if clock is None else clock
+        self.clock = c if self.clock is None else max(self.clock, c)
+        oldest = self.gen(self.clock) - 1
+        for gens in self.seen.values():
+            gens.difference_update([g for g in gens if g < oldest])
+        return self.gen(max(ts, self.clock))
+
+    def check_and_add(self, key: object, ts: float, clock: float | None) -> bool:
+        g = self._advance(ts, clock)
+        gens = self.seen.setdefault(key, set())
+        found = bool(gens & {g - 1, g, g + 1})
+        gens.add(g)
+        return found
+
+    def add(self, key: object, ts: float, clock: float | None) -> None:
+        self.seen.setdefault(key, set()).add(self._advance(ts, clock))
+
+    def contains(self, key: object, ts: float) -> bool:
+        if self.clock is None:
+            return False
+        g = self.gen(max(ts, self.clock))
+        return bool(self.seen.get(key, set()) & {g - 1, g, g + 1})
+
+    def live(self) -> set[int]:
+        return set().union(*self.seen.values()) if self.seen else set()
+
+
+def exact(ttl: float, seed: int = 0) -> AgingBloomFilter:
+    # far more bits than the few dozen keys need: no false positive at these sizes (~1e-15)
+    return AgingBloomFilter(capacity=64, fp_rate=1e-9, ttl=ttl, seed=seed)
+
+
+# one operation: (kind, key, ts offset from the clock, clock increment); ts may be far below or
+# ahead of the clock
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["check", "check", "check", "add", "query"]),
+        st.integers(0, 12),
+        st.one_of(st.floats(-8, 8), st.integers(-6, 20).map(float)),
+        st.one_of(st.just(0.0), st.floats(0, 3), st.integers(0, 4).map(float)),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=OPS, ttl=st.sampled_from([0.5, 1.0, 2.5, 1 / 3]), cuts=st.lists(st.integers(1, 15), max_size=30))
+@example(ops=[("check", 1, 5.0, 0.0), ("check", 1, 0.0, 0.0), ("check", 1, 5.5, 0.0)], ttl=1.0, cuts=[1])
+@example(ops=[("add", 1, 1.5, 0.0), ("query", 1, 0.5, 0.0), ("check", 1, 0.5, 0.0)], ttl=1.0, cuts=[1])
+def test_watermark_mode_equals_reference_model(
+    ops: list[tuple[str, int, float, float]], ttl: float, cuts: list[int]
+) -> None:
+    f, model = exact(ttl), WatermarkModel(ttl)
+    clock, events = 0.0, []
+    for kind, key, offset, step in ops:
+        clock += step
+        events.append((kind, key, clock + offset, clock))
+    # feed in batches of consecutive operations of one kind, sizes from `cuts`
+    pos, sizes = 0, iter(cuts)
+    while pos < len(events):
+        kind = events[pos][0]
+        stop = pos + 1
+        limit = pos + next(sizes, 7)
+        while stop < min(limit, len(events)) and events[stop][0] == kind:
+            stop += 1
+        batch = events[pos:stop]
+        keys = [key for _, key, _, _ in batch]
+        ts = [t for _, _, t, _ in batch]
+        clocks = [c for _, _, _, c in batch]
+        if kind == "check":
+            expected = [model.check_and_add(k, t, c) for k, t, c in zip(keys, ts, clocks, strict=True)]
+            assert f.check_and_add_many(keys, ts, clock=clocks).tolist() == expected
+        elif kind == "add":
+            for k, t, c in zip(keys, ts, clocks, strict=True):
+                model.add(k, t, c)
+            f.update(keys, np.array(ts), clock=np.array(clocks))
+        else:
+            before = f.to_bytes()
+            expected = [model.contains(k, t) for k, t in zip(keys, ts, strict=True)]
+            assert f.contains_many(keys, ts).tolist() == expected
+            assert f.to_bytes() == before
+        assert f.clock == model.clock
+        assert f.generation == (None if model.clock is None else model.gen(model.clock))
+        pos = stop
+    assert model.live() <= set(f.generations)
+    if f.generation is not None:
+        assert min(f.generations, default=f.generation) >= f.generation - 1
+    back = AgingBloomFilter.from_bytes(f.to_bytes())
+    assert back == f
+    probes = list(range(13))
+    for t in (clock - 5, clock, clock + 2, clock + 9):
+        assert back.contains_many(probes, t).tolist() == f.contains_many(probes, t).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    events=st.lists(st.tuples(st.integers(0, 12), st.floats(-5, 30)), max_size=80),
+    ttl=st.sampled_from([0.5, 1.0, 2.5, 1 / 3]),
+)
+def test_default_mode_equals_reference_model(events: list[tuple[int, float]], ttl: float) -> None:
+    # clock=None is the special case clock = running maximum of ts
+    f, model = exact(ttl), WatermarkModel(ttl)
+    keys = [k for k, _ in events]
+    ts = [t for _, t in events]
+    expected = [model.check_and_add(k, t, None) for k, t in events]
+    assert f.check_and_add_many(keys, ts).tolist() == expected
+    g = exact(ttl)
+    assert g.check_and_add_many(keys, ts, clock=np.maximum.accumulate(np.array(ts))).tolist() == expected
+    assert g == f
+    assert f.to_bytes()[4] == 1  # default-mode states keep format version 1
+
+
+def test_clock_scalar_array_and_single_item_forms() -> None:
+    a, b, c = exact(10.0), exact(10.0), exact(10.0)
+    keys, ts = ["x", "y", "x"], [55.0, 3.0, 58.0]
+    assert a.check_and_add_many(keys, ts, clock=2.0).tolist() == [False, False, True]
+    assert b.check_and_add_many(keys, ts, clock=[2.0, 2.0, 2.0]).tolist() == [False, False, True]
+    assert [c.check_and_add(k, t, clock=2.0) for k, t in zip(keys, ts, strict=True)] == [False, False, True]
+    assert a == b == c
+    assert (a.clock, a.generation, a.generations) == (2.0, 0, (0, 5))
+    d = exact(10.0)
+    d.add("x", 55.0, clock=2)
+    d.update(["y", "x"], ts[1:], clock=np.array([2, 2], dtype=np.int64))
+    assert d == a
+
+
+def test_clock_is_validated_before_anything_changes() -> None:
+    f = exact(10.0)
+    f.add("a", 5.0, clock=4.0)
+    snapshot = f.to_bytes()
+    for call, message in (
+        (lambda: f.check_and_add_many(["x", "y"], 20.0, clock=[9.0, 8.0]), "clock must be non-decreasing"),
+        (lambda: f.update(["x", "y"], 20.0, clock=[9.0, float("nan")]), "clock must be finite"),
+        (lambda: f.check_and_add("x", 20.0, clock=float("inf")), "clock must be finite"),
+        (lambda: f.update(["x"], 20.0, clock=[1.0, 2.0]), "clock must be a scalar or a 1-D array of 1"),
+        (lambda: f.check_and_add_many(["x"], 1.0, clock="noon"), "clock must be a number"),  # type: ignore[arg-type]
+        (lambda: f.update([], 1.0, clock=[1.0]), "clock must be a scalar or a 1-D array of 0"),
+        (lambda: f.add("x", 1.0, clock=1e300), "clock / ttl out of range"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+        assert f.to_bytes() == snapshot
+    f.update([], 1.0, clock=100.0)  # an empty batch changes nothing, not even the clock
+    assert f.to_bytes() == snapshot
+
+
+def test_clock_below_the_filter_clock_is_raised_to_it() -> None:
+    f = exact(10.0)
+    f.check_and_add_many(["a"], 41.0, clock=45.0)  # late: counts at 45, generation 4
+    assert f.clock == 45.0
+    # a given clock below the filter's counts as the filter's clock (45, generation 4)
+    assert f.check_and_add_many(["b", "a"], [1.0, 2.0], clock=[0.0, 1.0]).tolist() == [False, True]
+    assert f.clock == 45.0
+    assert f.contains("b", 45.0)
+    assert not f.contains("b", 60.0)  # inserted at generation 4, a query at 6 looks at 6 and 5
+
+
+def test_leading_events_keep_their_own_generations() -> None:
+    f = exact(10.0)
+    # a leading partition at 100..130 while the watermark is still 0
+    assert f.check_and_add_many(["lead", "lead", "lead"], [100.0, 105.0, 130.0], clock=0.0).tolist() == [
+        False,
+        True,  # within ttl of 100
+        False,  # 25 s after 105, more than 2 ttl: not a duplicate although the clock is 0
+    ]
+    assert list(f.generations) == [10, 13]
+    assert f.clock == 0.0
+    # the lagging partition's own duplicates are found: its generations were not rotated away
+    assert f.check_and_add_many(["lag", "lag"], [1.0, 9.0], clock=[1.0, 9.0]).tolist() == [False, True]
+    assert list(f.generations) == [0, 10, 13]
+    # the watermark passes 20: generation 0 is dropped, the ahead ones stay
+    f.update(["tick"], 25.0, clock=25.0)
+    assert list(f.generations) == [2, 10, 13]
+    assert not f.contains("lag", 25.0)
+    assert f.contains_many(["lead", "lead", "lead"], [100.0, 109.0, 135.0]).tolist() == [True, True, True]
+    assert not f.contains("lead", 150.0)
+
+
+def test_late_check_is_found_until_its_generation_is_dropped() -> None:
+    # inserted at ts 12 (generation 1); a later check at ts 15 that is late (below its clock c)
+    # counts at c and finds it iff c < (floor(12 / 10) + 2) * 10 = 30
+    for c, found in ((15.0, True), (22.0, True), (29.999, True), (30.0, False), (31.0, False)):
+        f = exact(10.0)
+        f.add("x", 12.0, clock=0.0)
+        assert f.check_and_add("x", 15.0, clock=c) is found, c
+    # an on-time check (ts >= clock) within the ttl is always found, whatever the skew before it
+    f = exact(10.0)
+    f.add("x", 12.0, clock=0.0)
+    f.add("far-ahead", 1e6, clock=0.0)
+    assert f.check_and_add("x", 21.9, clock=21.9)
+
+
+def test_reverse_order_across_a_generation_boundary_is_a_duplicate() -> None:
+    # A check also looks at the generation after its own when a partition running ahead
+    # created it: an item inserted first at a later time of the next generation is found by
+    # a check at an earlier time, as within one generation.
+    f = exact(300.0)
+    f.add("x", 305.0, clock=200.0)  # generation 1
+    f.add("y", 299.0, clock=200.0)  # generation 0
+    assert f.check_and_add_many(["x", "y", "z"], [298.0, 290.0, 1.0], clock=298.0).tolist() == [
+        True,
+        True,
+        False,
+    ]
+
+
+SkewChunk = list[tuple[int, float, float]]  # (key, ts, clock)
+
+
+def _skew_stream(seed: int, chunk: float, end: float, cross: bool) -> list[SkewChunk]:
+    """Partitions A and B with events at ts 0..end, fed alternately in chunks of ``chunk``
+    seconds of event time, with clock = min of both partitions' progress. Each has 1500 fresh
+    keys, 150 duplicates (a key again within 10 s, of the same partition or, with ``cross``,
+    of the other) and up to 100 re-occurrences of a key more than 600 s (2 ttl) later."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[tuple[int, float]]] = [[], []]
+    for p in (0, 1):
+        times = np.sort(rng.uniform(0, end, 1500)).tolist()
+        parts[p] = [(p * 1500 + j, t) for j, t in enumerate(times)]
+    for p in (0, 1):
+        source = parts[1 - p] if cross else parts[p]
+        for j in rng.choice(1500, 150, replace=False).tolist():
+            key, t = source[j]
+            parts[p].append((key, min(end, max(0.0, t + rng.uniform(-10, 10)))))
+        for j in rng.choice(1500, 100, replace=False).tolist():
+            key, t = parts[p][j]
+            if t + 600.5 <= end:
+                parts[p].append((key, float(rng.uniform(t + 600.5, end))))
+        parts[p].sort(key=lambda e: e[1])
+    progress = [0.0, 0.0]
+    chunks: list[SkewChunk] = []
+    for lo in np.arange(0.0, end, chunk).tolist():
+        for p in (0, 1):
+            out = []
+            for key, t in parts[p]:
+                if lo <= t < lo + chunk or (t == end and lo + chunk >= end):
+                    progress[p] = max(progress[p], t)
+                    out.append((key, t, min(progress)))
+            chunks.append(out)
+    return chunks
+
+
+def _run_skew(chunks: list[SkewChunk], watermark: bool, seed: int) -> tuple[int, int, int, int, int]:
+    """Feed the chunks; return (duplicates, missed, of which reverse-order across a generation
+    boundary, re-occurrences after > 2 ttl, of which reported)."""
+    ttl = 300.0
+    f = AgingBloomFilter(capacity=5_000, fp_rate=1e-9, ttl=ttl, seed=seed)
+    seen: dict[int, list[tuple[float, int]]] = {}  # key -> (ts, generation inserted into)
+    dups = missed = reverse = stale = reported = 0
+    for chunk in chunks:
+        keys = np.array([k for k, _, _ in chunk], dtype=np.int64)
+        ts = np.array([t for _, t, _ in chunk])
+        clock = np.array([c for _, _, c in chunk])
+        hashes = hash64_many(keys, f.seed)
+        hits = f.check_and_add_hashes(hashes, ts, clock=clock if watermark else None)
+        assert len(f.generations) <= 2 + math.ceil(float(np.max(ts - clock)) / ttl)  # memory: the skew
+        for key, t, c, hit in zip(keys.tolist(), ts.tolist(), clock.tolist(), hits.tolist(), strict=True):
+            gen = int(max(t, c) // ttl)
+            earlier = seen.setdefault(key, [])
+            close = [g for u, g in earlier if abs(u - t) <= 10.0]
+            if close:
+                dups += 1
+                missed += not hit
+                reverse += not hit and min(close) > gen  # the documented blind spot
+            elif earlier and all(abs(u - t) > 2 * ttl for u, _ in earlier):
+                stale += 1
+                reported += hit
+            earlier.append((t, gen))
+    return dups, missed, reverse, stale, reported
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(("chunk", "end"), [(200.0, 1000.0), (900.0, 3600.0)])
+def test_skewed_partitions_find_duplicates_and_no_stale_repeats(seed: int, chunk: float, end: float) -> None:
+    # ttl 300; chunks of 200 s (the skew stays below the ttl) and of 900 s (three ttl)
+    dups, missed, _, stale, reported = _run_skew(_skew_stream(seed, chunk, end, cross=False), True, seed)
+    assert dups >= 140 and stale >= 30  # the scenario exercised both
+    assert missed == 0  # every duplicate within 10 s is found
+    assert reported == 0  # no item re-occurring after > 2 ttl is reported
+    if chunk > 300:
+        # the default mode (clock = max ts) fails here: the problem being solved
+        _, old_missed, _, _, old_reported = _run_skew(
+            _skew_stream(seed, chunk, end, cross=False), False, seed
+        )
+        assert old_missed + old_reported > 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize(("chunk", "end"), [(200.0, 1000.0), (900.0, 3600.0)])
+def test_skewed_partitions_cross_partition_duplicates(seed: int, chunk: float, end: float) -> None:
+    # A duplicate whose copies fall into different partitions: found in either order, also
+    # when the copy processed first (the leading partition's) lies in the next generation.
+    dups, missed, reverse, stale, reported = _run_skew(_skew_stream(seed, chunk, end, cross=True), True, seed)
+    assert dups >= 140 and stale >= 30 and reverse == 0
+    assert missed == 0
+    assert reported == 0
+
+
+# -- clock=None is bit-identical to the two-filter implementation -----------------------------
+
+
+class TwoFilterReference:
+    """The algorithm before watermarks (two rotating BloomFilters), one event at a time."""
+
+    def __init__(self, capacity: int, fp_rate: float, ttl: float, seed: int) -> None:
+        self.params = (capacity, fp_rate, float(ttl), seed)
+        self.ttl, self.seed = float(ttl), seed
+        self.cur = BloomFilter.from_error(capacity, fp_rate / 2, seed)
+        self.prev = BloomFilter(self.cur.num_bits, self.cur.num_hashes, seed)
+        self.clock: float | None = None
+        self.gen: int | None = None
+
+    def _rotate(self, gen: int) -> None:
+        if self.gen is not None and gen == self.gen + 1:
+            self.prev, self.cur = self.cur, self.prev
+            self.cur._words.fill(0)
+        elif self.gen is not None and gen > self.gen + 1:
+            self.cur._words.fill(0)
+            self.prev._words.fill(0)
+        self.gen = gen if self.gen is None else max(self.gen, gen)
+
+    def _probe(self, key: object, ts: float, mode: int) -> bool:
+        gen = int(np.floor_divide(ts, self.ttl))
+        self._rotate(gen if self.gen is None else max(gen, self.gen))
+        self.clock = ts if self.clock is None else max(self.clock, ts)
+        h = hash64_many([key], self.seed)  # type: ignore[list-item]
+        k, m = self.cur.num_hashes, self.cur.num_bits
+        return bool(probe_hashes(self.cur._words, h, k, m, mode, self.prev._words)[0]) if mode else False
+
+    def check_and_add(self, key: object, ts: float) -> bool:
+        return self._probe(key, ts, CHECK_AND_SET)
+
+    def add(self, key: object, ts: float) -> None:
+        gen = int(np.floor_divide(ts, self.ttl))
+        self._rotate(gen if self.gen is None else max(gen, self.gen))
+        self.clock = ts if self.clock is None else max(self.clock, ts)
+        self.cur.add(key)  # type: ignore[arg-type]
+
+    def contains(self, key: object, ts: float) -> bool:
+        if self.gen is None:
+            return False
+        ahead = max(int(np.floor_divide(ts, self.ttl)), self.gen) - self.gen
+        return (ahead == 0 and (key in self.cur or key in self.prev)) or (ahead == 1 and key in self.cur)
+
+    def estimated_fp_rate(self) -> float:
+        return float(1.0 - (1.0 - self.cur.estimated_fp_rate()) * (1.0 - self.prev.estimated_fp_rate()))
+
+    def to_bytes(self) -> bytes:
+        has = self.clock is not None
+        m = self.cur.num_bits
+        payload = _pack(self.cur._words, m) + _pack(self.prev._words, m)
+        return Codec("AgingBloomFilter", 1, PARAMS).dump((*self.params, has, self.clock or 0.0), payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(st.tuples(st.sampled_from(["check", "add", "query"]), KEYS, st.floats(-5, 25)), max_size=80),
+    ttl=st.sampled_from([0.5, 1.0, 3.0, 1 / 3]),
+    cuts=st.lists(st.integers(1, 12), max_size=20),
+)
+def test_default_mode_bit_identical_to_two_filter_reference(
+    ops: list[tuple[str, int | str | bytes, float]], ttl: float, cuts: list[int]
+) -> None:
+    f, ref = tiny(ttl, seed=2), TwoFilterReference(4, 0.2, ttl, 2)  # tiny: probe collisions matter
+    pos, sizes = 0, iter(cuts)
+    while pos < len(ops):
+        kind = ops[pos][0]
+        stop = pos + 1
+        while stop < min(pos + next(sizes, 5), len(ops)) and ops[stop][0] == kind:
+            stop += 1
+        keys = [k for _, k, _ in ops[pos:stop]]
+        ts = [t for _, _, t in ops[pos:stop]]
+        if kind == "check":
+            expected = [ref.check_and_add(k, t) for k, t in zip(keys, ts, strict=True)]
+            assert f.check_and_add_many(keys, ts).tolist() == expected
+        elif kind == "add":
+            for k, t in zip(keys, ts, strict=True):
+                ref.add(k, t)
+            f.update(keys, ts)
+        else:
+            assert f.contains_many(keys, ts).tolist() == [
+                ref.contains(k, t) for k, t in zip(keys, ts, strict=True)
+            ]
+        assert f.to_bytes() == ref.to_bytes()
+        assert f.estimated_fp_rate() == ref.estimated_fp_rate()
+        pos = stop
+    assert f.clock == ref.clock
+    assert len(f.generations) <= 2
+
+
+# -- watermark mode: merge and bytes ----------------------------------------------------------
+
+
+def _watermarked(events: list[tuple[int, float, float]], ttl: float) -> AgingBloomFilter:
+    f = exact(ttl, seed=5)
+    clock = 0.0
+    for key, offset, step in events:
+        clock += step
+        f.add(key, clock + offset, clock=clock)
+    return f
+
+
+WSTREAM = st.lists(
+    st.tuples(st.integers(0, 12), st.floats(-3, 12), st.one_of(st.just(0.0), st.floats(0, 2))), max_size=25
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(a=WSTREAM, b=WSTREAM, c=WSTREAM, ttl=st.sampled_from([0.5, 1.0, 2.5]))
+def test_merge_multi_generation_is_union_by_generation(
+    a: list[tuple[int, float, float]],
+    b: list[tuple[int, float, float]],
+    c: list[tuple[int, float, float]],
+    ttl: float,
+) -> None:
+    fa, fb = _watermarked(a, ttl), _watermarked(b, ttl)
+    merged = fa.copy()
+    merged.merge(fb)
+    other_way = fb.copy()
+    other_way.merge(fa)
+    assert merged == other_way  # commutative
+    clocks = [x.clock for x in (fa, fb) if x.clock is not None]
+    assert merged.clock == (max(clocks) if clocks else None)
+    if merged.clock is not None:
+        # at or after the merged clock a query looks only at kept generations: the union
+        keys = list(range(13))
+        for t in (merged.clock, merged.clock + 1.3 * ttl, merged.clock + 6 * ttl, merged.clock + 14):
+            union = fa.contains_many(keys, t) | fb.contains_many(keys, t)
+            assert merged.contains_many(keys, t).tolist() == union.tolist()
+        assert min(merged.generations) >= merged.generation - 1  # type: ignore[operator]
+    left = merged.copy()
+    left.merge(_watermarked(c, ttl))
+    bc = fb.copy()
+    bc.merge(_watermarked(c, ttl))
+    right = fa.copy()
+    right.merge(bc)
+    assert left == right  # associative
+
+
+def test_merge_multi_generation_example() -> None:
+    a, b = exact(10.0), exact(10.0)
+    a.update(["a0", "a9"], [5.0, 95.0], clock=0.0)  # generations 0 and 9, clock 0
+    b.update(["b3", "b9"], [35.0, 99.0], clock=30.0)  # generations 3 and 9, clock 30
+    a.merge(b)
+    assert (a.clock, a.generation, a.generations) == (30.0, 3, (3, 9))  # generation 0 dropped
+    assert a.contains_many(["a0", "b3", "a9", "b9"], [5.0, 35.0, 95.0, 95.0]).tolist() == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert AgingBloomFilter.from_bytes(a.to_bytes()) == a
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=WSTREAM, ttl=TTLS)
+def test_bytes_round_trip_multi_generation(events: list[tuple[int, float, float]], ttl: float) -> None:
+    f = _watermarked(events, ttl)
+    blob = f.to_bytes()
+    back = AgingBloomFilter.from_bytes(blob)
+    assert back.to_bytes() == blob
+    assert (back.clock, back.generation) == (f.clock, f.generation)
+    assert set(back.generations) <= set(f.generations)  # empty generations are not stored
+    keys = list(range(13))
+    for t in (0.0, 5.0, 12.0, 30.0):
+        assert back.contains_many(keys, t).tolist() == f.contains_many(keys, t).tolist()
+    assert (
+        back.check_and_add_many(keys, 7.0, clock=f.clock).tolist()
+        == f.check_and_add_many(keys, 7.0, clock=f.clock).tolist()
+    )
+    assert back == f
+
+
+def _v2_filter() -> AgingBloomFilter:
+    f = AgingBloomFilter(3, 0.1, ttl=2.5, seed=4)
+    f.update(["a", "b", 1], [1.0, 3.0, 9.0], clock=[1.0, 2.0, 2.0])  # generations 0, 1 and 3
+    return f
+
+
+# bytes written by the two-filter implementation (format version 1) before watermarks
+V1_BLOB = bytes.fromhex(
+    "534b570201250003000000000000009a9999999999b93f000000000000044004000000010000000000001840"
+    "c000031004017aa12e11"
+)
+V1_EMPTY = bytes.fromhex(
+    "534b570201250003000000000000009a9999999999b93f00000000000004400400000000000000000000000000"
+    "0000000000cdc2904f"
+)
+
+
+def test_version_1_bytes_still_load() -> None:
+    f = AgingBloomFilter.from_bytes(V1_BLOB)
+    ref = AgingBloomFilter(3, 0.1, ttl=2.5, seed=4)
+    ref.update(["a", "b", 1], [1.0, 3.0, 6.0])
+    assert f == ref
+    assert f.to_bytes() == V1_BLOB  # two-generation states are still written as version 1
+    assert (f.clock, f.generation) == (6.0, 2)
+    assert f.contains_many(["a", "b", 1], 6.0).tolist() == [False, True, True]
+    assert AgingBloomFilter.from_bytes(V1_EMPTY) == AgingBloomFilter(3, 0.1, ttl=2.5, seed=4)
+    assert AgingBloomFilter(3, 0.1, ttl=2.5, seed=4).to_bytes() == V1_EMPTY
+
+
+def test_version_2_layout() -> None:
+    f = _v2_filter()
+    blob = f.to_bytes()
+    assert blob[4] == 2
+    assert f.generations == (0, 1, 3)
+    half = (f.num_bits + 7) // 8
+    params = struct.Struct(PARAMS_V2)
+    (*head, count) = params.unpack_from(blob, 7)
+    assert (tuple(head), count) == ((3, 0.1, 2.5, 4, 1, 2.0), 3)
+    payload = blob[7 + params.size : -4]
+    assert np.frombuffer(payload[:24], "<i8").tolist() == [0, 1, 3]
+    assert len(payload) == 24 + 3 * half
+    assert AgingBloomFilter.from_bytes(blob) == f
+    # bytes of a version-1 state written as version 2 load to the same filter
+    g = AgingBloomFilter.from_bytes(V1_BLOB)
+    numbers = np.array([1, 2], "<i8").tobytes()
+    v1_payload = V1_BLOB[7 + struct.calcsize(PARAMS) : -4]
+    cur, prev = v1_payload[:half], v1_payload[half:]
+    as_v2 = _record2((3, 0.1, 2.5, 4, 1, 6.0, 2), numbers + prev + cur)
+    assert AgingBloomFilter.from_bytes(as_v2) == g
+
+
+def test_version_2_rejects_every_truncation_and_bit_flip() -> None:
+    blob = _v2_filter().to_bytes()
+    assert_rejects_truncations_and_bit_flips(blob)
+    with pytest.raises(ValueError, match="unsupported AgingBloomFilter format version 3"):
+        AgingBloomFilter.from_bytes(
+            Codec("AgingBloomFilter", 3, PARAMS_V2).dump((3, 0.1, 2.5, 4, 1, 2.0, 0), b"")
+        )
+
+
+def _record2(params: tuple[object, ...], payload: bytes) -> bytes:
+    return Codec("AgingBloomFilter", 2, PARAMS_V2).dump(params, payload)
+
+
+def test_version_2_validates_content() -> None:
+    half = (AgingBloomFilter(3, 0.1, 1.0).num_bits + 7) // 8
+    bits = b"\x01" + bytes(half - 1)
+
+    def gens(*numbers: int) -> bytes:
+        return np.array(numbers, "<i8").tobytes()
+
+    cases: list[tuple[tuple[object, ...], bytes, str]] = [
+        ((3, 0.1, 1.0, 0, 1, 5.0, 2), gens(5, 7) + bits, "payload bytes"),
+        ((3, 0.1, 1.0, 0, 1, 5.0, 2**32 - 1), gens(5) + bits, "payload bytes"),
+        ((3, 0.1, 1.0, 0, 1, 5.0, 2), gens(7, 5) + bits + bits, "not strictly ascending"),
+        ((3, 0.1, 1.0, 0, 1, 5.0, 2), gens(5, 5) + bits + bits, "not strictly ascending"),
+        ((3, 0.1, 1.0, 0, 1, 5.0, 1), gens(3), "payload bytes"),
+        ((3, 0.1, 1.0, 0, 1, 5.0, 1), gens(3) + bits, "generation out of range"),  # older than 5 - 1
+        ((3, 0.1, 1.0, 0, 1, 5.0, 1), gens(2**53) + bits, "generation out of range"),
+        ((3, 0.1, 1.0, 0, 0, 0.0, 1), gens(0) + bytes(half), "bits set before any insertion"),
+        ((3, 0.1, 1.0, 0, 2, 0.0, 0), b"", "bad clock"),
+        ((3, 0.1, 1.0, 0, 1, 5.0, 1), gens(6) + bits[:-1] + b"\xff", "bits set beyond num_bits"),
+        ((3, 2.0, 1.0, 0, 1, 5.0, 0), b"", "fp_rate"),
+    ]
+    for params, payload, message in cases:
+        with pytest.raises(ValueError, match=message):
+            AgingBloomFilter.from_bytes(_record2(params, payload))
+    ok = AgingBloomFilter.from_bytes(_record2((3, 0.1, 1.0, 0, 1, 5.0, 1), gens(6) + bits))
+    assert (ok.clock, ok.generations) == (5.0, (6,))
+
+
+def test_estimated_fp_rate_looks_at_the_clock_generations() -> None:
+    f = AgingBloomFilter(1_000, 0.01, ttl=10.0)
+    assert f.estimated_fp_rate() == 0.0
+    f.update(np.arange(1_000), 5.0, clock=5.0)
+    at_clock = f.estimated_fp_rate()
+    assert 0.001 < at_clock < 0.01
+    f.update(np.arange(1_000, 50_000), 500.0, clock=5.0)  # far ahead: not what a check at the clock sees
+    assert f.estimated_fp_rate() == at_clock
+
+
+def assert_rejects_truncations_and_bit_flips(blob: bytes) -> None:
+    """Every prefix and every single-bit flip of ``blob`` is refused with ValueError."""
+    for cut in range(len(blob)):
+        with pytest.raises(ValueError):
+            AgingBloomFilter.from_bytes(blob[:cut])
+    for byte in range(len(blob)):
+        for bit in range(8):
+            flipped = bytearray(blob)
+            flipped[byte] ^= 1 << bit
+            with pytest.raises(ValueError):
+                AgingBloomFilter.from_bytes(bytes(flipped))
