@@ -26,7 +26,6 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.config import Config, ConfigError, build_sinks, build_source
 from connectors.events import DeadLetter, EventBatch, Sample
-from connectors.kafka import KafkaAlertSink, alert_output, kafka_input, kafka_settings
 from connectors.sources import PartitionProgress
 from operators.alerts import Alert
 from operators.runtime import GLOBAL_KEY, DetectorSpec, detector_step, group_spec, group_specs
@@ -55,6 +54,8 @@ def build_flow(name: str, detectors: list[DetectorSpec], config: Config) -> Data
 
 def _source(flow: Dataflow, config: Config) -> Stream[EventBatch | DeadLetter]:
     if config.source.kind == "kafka":
+        from connectors.kafka import kafka_input  # librdkafka only for flows that use Kafka
+
         return kafka_input(flow, "source", config)
     return op.input(
         "source", flow, PartitionProgress(build_source(config), config.flow, config.idle_partition)
@@ -65,8 +66,13 @@ def _sinks(results: Stream[Any], config: Config) -> None:
     for index, sink in enumerate(build_sinks(config)):
         op.output(f"sink_{index}", results, sink)
     # Kafka alert sinks are partitioned: exactly-once needs one writer per Kafka partition.
+    kafka_sinks = [s for s in config.sinks if s.kind == "kafka"]
+    if not kafka_sinks:
+        return
+    from connectors.kafka import KafkaAlertSink, alert_output, kafka_settings
+
     settings = kafka_settings(config.env)
-    for index, spec in enumerate(s for s in config.sinks if s.kind == "kafka"):
+    for index, spec in enumerate(kafka_sinks):
         kafka_sink = KafkaAlertSink.from_url(f"kafka://{spec.brokers}/{spec.topic}", settings)
         alert_output(f"kafka_sink_{index}", results, kafka_sink)
 
