@@ -5,3 +5,15 @@ def hash_one(item: object, seed: int, /) -> int: ...
 def bloom_probe(
     hashes: object, k: int, m: int, words: object, prev: object | None, out: object, mode: int, /
 ) -> None: ...
+def dgim_add(
+    masks: object,
+    rows: object,
+    bits: object,
+    reset: object | None,
+    window: int,
+    r: int,
+    estimate: object,
+    lo: object,
+    hi: object,
+    /,
+) -> None: ...

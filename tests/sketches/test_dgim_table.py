@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from unittest.mock import patch
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sketches import dgim_table
 from sketches.dgim import DGIM
 from sketches.dgim_table import MAX_WINDOW, DGIMTable
 
@@ -41,18 +45,43 @@ def replay(window: int, r: int, events: list[tuple[int, bool, int]], cuts: list[
         assert [tuple(b) for b in table.exact_bounds().tolist()] == [d.exact_bounds() for d in refs]
 
 
+@contextmanager
+def backend(name: str) -> Iterator[None]:
+    """``"c"``: the C extension (which must be built); ``"numpy"``: the numpy rounds."""
+    assert dgim_table._chash is not None, "the C extension sketches._chash was not built"
+    with patch.object(dgim_table, "_chash", dgim_table._chash if name == "c" else None):
+        yield
+
+
+@pytest.mark.parametrize("impl", ["c", "numpy"])
 @pytest.mark.parametrize(
     ("window", "r"), [(1, 2), (2, 2), (7, 2), (10, 8), (10, 2), (20, 8), (33, 3), (64, 2), (64, 5)]
 )
 @settings(max_examples=60, deadline=None)
 @given(events=events_st, cuts=st.lists(st.integers(0, 300), max_size=4))
 def test_matches_dgim_bit_for_bit(
-    window: int, r: int, events: list[tuple[int, bool, int]], cuts: list[int]
+    impl: str, window: int, r: int, events: list[tuple[int, bool, int]], cuts: list[int]
 ) -> None:
-    replay(window, r, events, cuts)
+    with backend(impl):
+        replay(window, r, events, cuts)
 
 
-def test_long_random_streams_many_rows() -> None:
+@pytest.mark.parametrize("impl", ["c", "numpy"])
+def test_long_random_streams_many_rows(impl: str) -> None:
+    with backend(impl):
+        long_random_streams()
+
+
+def test_c_rejects_rows_out_of_range_before_changing_anything() -> None:
+    table = DGIMTable(10, 2, size=3)
+    table.add(np.array([0, 1]), np.array([True, True]))
+    before = table.masks.copy()
+    with pytest.raises(ValueError, match="rows must be in"):
+        table.add(np.array([0, 3]), np.array([True, True]))
+    assert (table.masks == before).all()
+
+
+def long_random_streams() -> None:
     rng = np.random.default_rng(1)
     for window, r in [(10, 8), (20, 8), (16, 2), (50, 4)]:
         rows_n, n = 300, 20_000
