@@ -234,3 +234,11 @@ def test_partitions_read_far_apart_lose_no_alert(tmp_path: Path) -> None:
     # what the per-partition clock is for.
     lax, _ = _run_source(many, _env(tmp_path / "lax", SKETCHWATCH_MAX_SKEW="1"))
     assert sum(_what(lax).values()) < sum(_what(one).values())
+
+
+def test_allocator_tuning_applies_once_unless_the_operator_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert dataflows.common.tune_allocator() is sys.platform.startswith("linux")
+    assert dataflows.common.tune_allocator() is sys.platform.startswith("linux")  # idempotent
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert dataflows.common.tune_allocator() is False
