@@ -173,14 +173,15 @@ def _shard_clock(batch: EventBatch, ts: FloatArray, carried: float) -> FloatArra
     return event_clock(batch, ts, carried)
 
 
-def _finite_clock(clock: FloatArray | None, ts: FloatArray) -> FloatArray | None:
-    """``clock`` with its ``-inf`` prefix (the shard has not heard from every partition yet)
-    replaced by a value at most every ``ts`` and every later clock: no event counts as late
-    and no generation is dropped by it, as with no clock at all."""
+def _finite_clock(clock: FloatArray | None, ts: FloatArray, held: float | None) -> FloatArray | None:
+    """``clock`` for the duplicate filter, whose clock must be finite: its ``-inf`` prefix (the
+    shard has not heard from every partition yet, so any partition may still bring older
+    events) becomes the filter's own clock ``held``, or before it has one, a time no event is
+    before (``min(0, ts)``; event times are epoch seconds): the clock does not move, so no
+    generation is dropped and no event counts as late."""
     if clock is None or not len(clock) or np.isfinite(clock[0]):
         return clock
-    finite = clock[np.isfinite(clock)]
-    low = min(float(ts.min()), float(finite[0]) if len(finite) else math.inf)
+    low = held if held is not None else min(0.0, float(ts.min()))
     return np.maximum(clock, low)
 
 
@@ -314,7 +315,7 @@ class DuplicateDetector(Detector):
         check = self.filter.check_and_add_hashes
         # With several input partitions the filter keeps generations by each event's own time
         # and drops them by the shard's partition clock (operators.runtime.PartitionClock).
-        clock = _finite_clock(batch.clock, ts)
+        clock = _finite_clock(batch.clock, ts, self.filter.clock)
         if len(ts) <= _DUP_CHUNK:
             dup = check(hashes, ts, clock)
         else:

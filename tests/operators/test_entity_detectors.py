@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from connectors.events import EventBatch
+from connectors.events import EventBatch, Progress
 from operators.alerts import Alert
 from operators.detectors.entity import (
     BreachDetector,
@@ -27,7 +27,7 @@ from operators.detectors.entity import (
     StuckDetector,
     VelocityDetector,
 )
-from operators.runtime import Detector, Output
+from operators.runtime import Detector, Output, PartitionClock, _DetectorLogic
 from sketches import DGIM, DecayingAggregate
 
 Factory = Callable[[], Detector]
@@ -839,3 +839,23 @@ def test_outlier_keeps_precision_when_a_batch_spans_many_half_lives() -> None:
     assert [a.alert_id for a in whole] == [a.alert_id for a in single] and len(whole) > 100
     for a, b in zip(whole, single, strict=True):
         assert a.evidence["mean"] == pytest.approx(b.evidence["mean"], rel=1e-9, abs=1e-9)
+
+
+def test_duplicates_across_partitions_heard_from_late_are_found() -> None:
+    # Partition "b" delivers two batches (0..800 s, then 800..1600 s) before "a" is heard from at
+    # all (as when another process reads "a"): the shard's clock is unknown (-inf) meanwhile, so
+    # the filter must keep every generation; "a"'s early copies then find "b"'s.
+    parts = ("a", "b")
+
+    def part(name: str, ids: list[str], ts: list[float]) -> EventBatch:
+        batch = make_batch("fraud", tx_id=ids, ts=ts)
+        batch.progress = Progress(name, parts)
+        return batch
+
+    detector = DuplicateDetector(flow="fraud", name="duplicate_tx", ttl=300.0, capacity=10_000, fp_rate=1e-9)
+    logic = _DetectorLogic(detector, PartitionClock())
+    b0 = part("b", ["t1", "t2", "x"], [1.0, 5.0, 700.0])
+    b1 = part("b", ["t3", "y"], [900.0, 1500.0])
+    a0 = part("a", ["t1", "t3", "t2", "z"], [3.0, 950.0, 400.0, 1600.0])  # t2: 395 s apart
+    found = [o.entity for b in (b0, b1, a0) for o in logic.on_batch([b])[0] if isinstance(o, Alert)]
+    assert found == ["t1", "t3"]
