@@ -508,9 +508,225 @@ done:
     return out;
 }
 
+/* ---- string columns between workers (connectors.events.encode_column / decode_column) ---- */
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len, cap;
+} Buffer;
+
+static int buffer_put(Buffer *b, const char *p, Py_ssize_t n) {
+    if (b->len + n > b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *grown = PyMem_Realloc(b->buf, (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->buf = grown;
+        b->cap = cap;
+    }
+    memcpy(b->buf + b->len, p, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+/* Append s as UTF-8 (lone surrogates passed through, as "surrogatepass"). 1: done; 0: s holds
+ * a NUL (the column is not for this encoding); -1: error. */
+static int put_utf8(Buffer *b, PyObject *s) {
+    if (PyUnicode_IS_ASCII(s)) {
+        const char *p = (const char *)PyUnicode_1BYTE_DATA(s);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+        if (memchr(p, 0, (size_t)n) != NULL)
+            return 0;
+        return buffer_put(b, p, n) < 0 ? -1 : 1;
+    }
+    PyObject *enc = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
+    if (enc == NULL)
+        return -1;
+    const char *p = PyBytes_AS_STRING(enc);
+    Py_ssize_t n = PyBytes_GET_SIZE(enc);
+    int r = memchr(p, 0, (size_t)n) != NULL ? 0 : (buffer_put(b, p, n) < 0 ? -1 : 1);
+    Py_DECREF(enc);
+    return r;
+}
+
+/* Join strings[0:n] with NUL into b. 1: done; 0: a NUL inside a string; -1: error. */
+static int join_utf8(Buffer *b, PyObject *const *strings, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i && buffer_put(b, "", 1) < 0)
+            return -1;
+        int r = put_utf8(b, strings[i]);
+        if (r <= 0)
+            return r;
+    }
+    return 1;
+}
+
+/* Codes of values[0:n] by first appearance (int32), distinct values appended to `distinct`. */
+static int code_values(PyObject *const *values, Py_ssize_t n, PyObject *distinct, int32_t *codes) {
+    PyObject *index = PyDict_New();
+    if (index == NULL)
+        return -1;
+    int ok = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *code = PyDict_GetItemWithError(index, values[i]);
+        if (code == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            Py_ssize_t next = PyList_GET_SIZE(distinct);
+            if (next > INT32_MAX)
+                goto too_many;
+            code = PyLong_FromSsize_t(next);
+            if (code == NULL || PyDict_SetItem(index, values[i], code) < 0 || PyList_Append(distinct, values[i]) < 0) {
+                Py_XDECREF(code);
+                goto done;
+            }
+            Py_DECREF(code);
+        }
+        codes[i] = (int32_t)PyLong_AsLong(code);
+    }
+    ok = 1;
+    goto done;
+too_many:
+    PyErr_SetString(PyExc_ValueError, "encode_strings: more than 2**31 distinct strings");
+done:
+    Py_DECREF(index);
+    return ok ? 0 : -1;
+}
+
+static PyObject *bytes_of(Buffer *b) { return PyBytes_FromStringAndSize(b->buf ? b->buf : "", b->len); }
+
+/* encode_strings(column, probe): encode_column of an object column of str, as ("text", [joined])
+ * or ("codes", [joined distinct, int32 codes]) by the same rule (fewer than half of the first
+ * `probe` values distinct: codes); None if a value is not a str or holds a NUL (Python's path
+ * then decides). */
+static PyObject *encode_strings(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *column;
+    Py_ssize_t probe;
+    if (!PyArg_ParseTuple(args, "On", &column, &probe))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(column, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *out = NULL, *distinct = NULL, *seen = NULL;
+    Buffer text = {0};
+    int32_t *codes = NULL;
+    if (view.format == NULL || strcmp(view.format, "O") != 0 || view.itemsize != (Py_ssize_t)sizeof(PyObject *)) {
+        PyErr_SetString(PyExc_ValueError, "encode_strings: expected a contiguous object array");
+        goto done;
+    }
+    PyObject *const *values = (PyObject *const *)view.buf;
+    Py_ssize_t n = view.len / view.itemsize;
+    if (n == 0) { /* Python's rule pickles an empty column */
+        out = Py_None;
+        Py_INCREF(out);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyUnicode_CheckExact(values[i])) {
+            out = Py_None;
+            Py_INCREF(out);
+            goto done;
+        }
+    }
+    Py_ssize_t first = n < probe ? n : probe;
+    if ((seen = PySet_New(NULL)) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < first; i++)
+        if (PySet_Add(seen, values[i]) < 0)
+            goto done;
+    int r;
+    if (2 * PySet_GET_SIZE(seen) <= first) {
+        if ((distinct = PyList_New(0)) == NULL || (codes = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int32_t))) == NULL)
+            goto done;
+        if (code_values(values, n, distinct, codes) < 0)
+            goto done;
+        r = join_utf8(&text, ((PyListObject *)distinct)->ob_item, PyList_GET_SIZE(distinct));
+        if (r == 1) {
+            out = Py_BuildValue("(s[NN])", "codes", bytes_of(&text),
+                                PyBytes_FromStringAndSize((const char *)codes, n * (Py_ssize_t)sizeof(int32_t)));
+            goto done;
+        }
+    } else {
+        r = join_utf8(&text, values, n);
+        if (r == 1) {
+            out = Py_BuildValue("(s[N])", "text", bytes_of(&text));
+            goto done;
+        }
+    }
+    if (r == 0) {
+        out = Py_None;
+        Py_INCREF(out);
+    }
+done:
+    PyBuffer_Release(&view);
+    Py_XDECREF(distinct);
+    Py_XDECREF(seen);
+    PyMem_Free(text.buf);
+    PyMem_Free(codes);
+    return out;
+}
+
+/* decode_text(blob, out): the n = len(out) NUL-separated UTF-8 strings of blob into the object
+ * array out (surrogatepass, as encode_strings wrote them). */
+static PyObject *decode_text(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer blob, view;
+    PyObject *column;
+    if (!PyArg_ParseTuple(args, "y*O", &blob, &column))
+        return NULL;
+    if (PyObject_GetBuffer(column, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&blob);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (view.format == NULL || strcmp(view.format, "O") != 0 || view.itemsize != (Py_ssize_t)sizeof(PyObject *)) {
+        PyErr_SetString(PyExc_ValueError, "decode_text: expected a writable contiguous object array");
+        goto done;
+    }
+    PyObject **out = (PyObject **)view.buf;
+    Py_ssize_t n = view.len / view.itemsize, i = 0;
+    const char *p = (const char *)blob.buf, *end = p + blob.len;
+    int at_end = n == 0 && blob.len == 0;
+    while (i < n) {
+        const char *stop = memchr(p, 0, (size_t)(end - p));
+        if (stop == NULL)
+            stop = end;
+        Py_ssize_t len = stop - p;
+        int ascii = 1;
+        for (Py_ssize_t k = 0; k < len && ascii; k++)
+            ascii = (unsigned char)p[k] < 0x80;
+        PyObject *s = ascii ? new_ascii(p, len) : PyUnicode_DecodeUTF8(p, len, "surrogatepass");
+        if (s == NULL)
+            goto done;
+        PyObject *old = out[i];
+        out[i++] = s;
+        Py_XDECREF(old);
+        if (stop == end) {
+            at_end = 1;
+            break;
+        }
+        p = stop + 1;
+    }
+    if (i != n || !at_end) {
+        PyErr_Format(PyExc_ValueError, "decode_text: the text holds a different number of strings than %zd", n);
+        goto done;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&blob);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(lines, names, kinds, columns, ok, max_bytes): JSON Lines fast path into columns."},
+    {"encode_strings", encode_strings, METH_VARARGS, "encode_strings(column, probe): a str column as text or codes."},
+    {"decode_text", decode_text, METH_VARARGS, "decode_text(blob, out): NUL-separated UTF-8 strings into out."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,6 +22,11 @@ from numpy.typing import NDArray
 
 from sketches.hashing import hash64_many
 
+try:
+    from connectors import _cjsonl
+except ImportError:  # pragma: no cover - built without a C compiler: the Python codec
+    _cjsonl = None  # type: ignore[assignment]
+
 __all__ = [
     "RAW_LIMIT",
     "SCHEMAS",
@@ -316,6 +321,10 @@ def encode_column(col: Any) -> tuple[str, list[bytes]]:
     """
     if col.dtype != object:
         return "raw", [np.ascontiguousarray(col).tobytes()]
+    if _cjsonl is not None:  # the same bytes, ~2-3x faster
+        fast = _cjsonl.encode_strings(np.ascontiguousarray(col), _PROBE)
+        if fast is not None:
+            return fast
     values = col.tolist()
     probe = values[:_PROBE]
     try:  # a value that is not a str (or not hashable) raises TypeError in join or set
@@ -340,6 +349,10 @@ def decode_column(dtype: Any, encoding: str, parts: list[bytes], n: int) -> Any:
         return np.frombuffer(parts[0], dtype=dtype).copy()
     if encoding == "pickle":
         return pickle.loads(parts[0])
+    if encoding == "text" and _cjsonl is not None:
+        out = np.empty(n, dtype=object)
+        _cjsonl.decode_text(parts[0], out)
+        return out
     values = parts[0].decode("utf-8", "surrogatepass").split("\x00")
     if encoding == "text":
         return np.fromiter(values, dtype=object, count=n)

@@ -7,13 +7,17 @@ import pickle
 import threading
 from functools import partial
 from typing import Any, ClassVar
+from unittest.mock import patch
 
 import bytewax.operators as op
 import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from connectors import events
 from connectors.events import EventBatch, LazyColumns, Progress, Sample
 from operators.detectors.entity import DuplicateDetector
 from operators.routing import shard_key
@@ -388,3 +392,45 @@ def test_markers_reach_the_shards_but_no_detector() -> None:
     assert all(isinstance(s, Sample) for s in out)
     assert sorted(s.position for s in out if isinstance(s, Sample)) == [0] * 4 + [1] * len(shards)
     assert len(shards) < 4
+
+
+_STRINGS = st.sampled_from(
+    ["", "a", "b", "ab", "Café", "😀", "x\ud800y", "\udfff", "a\x00b", "\x00", "z" * 40]
+)
+_COLUMN_VALUES = st.lists(
+    st.one_of(_STRINGS, st.text(max_size=6), st.sampled_from([1, None, 2.5, b"y", ("t",)])), max_size=60
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.one_of(_COLUMN_VALUES, st.lists(_STRINGS, max_size=300)), probe=st.sampled_from([1, 4, 8192])
+)
+def test_c_column_codec_equals_python(values: list[object], probe: int) -> None:
+    """The C codec writes the bytes the Python one does (or leaves the column to it) and reads
+    them back to the same strings."""
+    col = np.empty(len(values), dtype=object)
+    col[:] = values
+    assert events._cjsonl is not None, "the C extension connectors._cjsonl was not built"
+    with patch.object(events, "_PROBE", probe):
+        fast = events._cjsonl.encode_strings(col, probe)
+        with patch.object(events, "_cjsonl", None):
+            want = events.encode_column(col)
+            if fast is None:
+                assert want[0] == "pickle"
+                return
+            assert fast == want
+            py_back = events.decode_column(col.dtype, *want, len(values))
+        back = events.decode_column(col.dtype, *fast, len(values))
+    assert back.tolist() == values == py_back.tolist()
+    assert [type(v) for v in back.tolist()] == [str] * len(values)
+
+
+def test_c_text_decoder_refuses_a_wrong_count() -> None:
+    assert events._cjsonl is not None
+    for blob, n in ((b"a\x00b", 1), (b"a\x00b", 3), (b"a", 0)):
+        with pytest.raises(ValueError, match="different number of strings"):
+            events._cjsonl.decode_text(blob, np.empty(n, dtype=object))
+    out = np.empty(2, dtype=object)
+    events._cjsonl.decode_text(b"a\x00", out)
+    assert out.tolist() == ["a", ""]
