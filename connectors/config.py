@@ -36,10 +36,10 @@ Variables
     Shards that hold the per-entity sketches, in [1, 4096]: use a multiple of the total number
     of workers (processes x ``-w``); shard ``s`` runs on worker ``s % workers`` for up to 8
     workers. Every shard costs a detector call per batch: fewer shards mean lower latency and
-    more throughput (1M fraud events: ~795k events/s at 4, ~730k at 16; p99 alert latency at
-    100k events/s in 1,000-event batches ~10 ms at 4, ~24 ms at 16), more shards a smaller
-    transient memory peak per call. Keep it fixed for a recovery directory: state is keyed by
-    shard.
+    more throughput (1M fraud events, pre-parsed, one worker: ~1.23M events/s at 1, ~1.05M at
+    4, ~0.93M at 16; p50/p99 alert latency at 100k events/s in 1,000-event batches 3.6/5.3 ms
+    at 1, 5.9/8.2 ms at 4, 12.8/45 ms at 16), more shards a smaller transient memory peak per
+    call. Keep it fixed for a recovery directory: state is keyed by shard.
 ``SKETCHWATCH_IDLE_TTL`` (default ``3600``)
     Seconds of event time after which an idle entity's state is dropped, a number > 0.
 ``SKETCHWATCH_SAMPLE_K`` (default ``20``)
