@@ -41,15 +41,32 @@ def round_trip(table: EntityTable) -> EntityTable:
 # -- lookups, inserts, eviction --------------------------------------------------------------------
 
 
-def test_rows_are_key_order_and_shift_on_insert() -> None:
+def test_new_keys_are_appended_and_merged_into_key_order() -> None:
     t = EntityTable({"n": (np.int64, 0)}, idle_ttl=10.0)
     assert t.rows(keys(50, 10, 50)).tolist() == [1, 0, 1]
     t["n"][t.rows(keys(50))] = 5
-    assert t.rows(keys(30, 50, 70)).tolist() == [1, 2, 3]  # 30 and 70 inserted around 50
-    assert t.keys.tolist() == [10, 30, 50, 70]
+    assert t.rows(keys(30, 50, 70)).tolist() == [2, 1, 3]  # 30 and 70 appended
+    assert t.find(keys(70, 71, 0, 10, 30)).tolist() == [3, -1, -1, 0, 2]
+    assert t.keys.tolist() == [10, 30, 50, 70]  # reading the keys merges: rows in key order
     assert t["n"].tolist() == [0, 0, 5, 0]
     assert t.find(keys(70, 71, 0, 10)).tolist() == [3, -1, -1, 0]
     assert EntityTable({"n": (np.int64, 0)}, idle_ttl=1.0).find(keys(1)).tolist() == [-1]
+
+
+def test_a_growing_table_merges_its_tail_and_keeps_spare_capacity_small() -> None:
+    rng = np.random.default_rng(3)
+    t = EntityTable({"v": (np.float64, 0.0)}, idle_ttl=10.0)
+    model: dict[int, float] = {}
+    for _ in range(200):
+        ks = np.unique(rng.integers(0, 2**63, size=int(rng.integers(1, 400))).astype(U64))
+        rows = t.rows(ks)
+        t["v"][rows] = ks.astype(np.float64)
+        model.update(zip(ks.tolist(), ks.astype(np.float64).tolist(), strict=True))
+        assert len(t._tail_keys) <= 256 + t._sorted // 16 + 400  # merged once it outgrows that
+        assert len(t._keys) <= max(16, len(t) + len(t) // 8 + 400)  # spare capacity bounded
+        probe = rng.choice(np.array(sorted(model), dtype=U64), size=50)
+        assert t["v"][t.find(probe)].tolist() == [model[k] for k in probe.tolist()]
+    assert t.keys.tolist() == sorted(model) and t["v"].tolist() == [model[k] for k in sorted(model)]
 
 
 def test_matches_a_dict_model_under_random_operations() -> None:
@@ -89,7 +106,7 @@ def test_clock_column_drives_eviction_and_refuses_ts() -> None:
     t = EntityTable({"prev_ts": (np.float64, -np.inf), "x": (np.int64, 0)}, idle_ttl=10.0, clock="prev_ts")
     rows = t.rows(keys(3, 1, 2))
     t["prev_ts"][rows] = [100.0, 95.0, 89.0]
-    assert t.last_seen is t["prev_ts"]
+    assert np.shares_memory(t.last_seen, t["prev_ts"])
     assert t.evict(now=100.0) == 1 and t.keys.tolist() == [1, 3]
     with pytest.raises(ValueError, match="clock"):
         t.rows(keys(1), np.array([1.0]))
