@@ -169,8 +169,12 @@ class EntityTable:
         pos = self.find(keys)
         missing = pos < 0
         if missing.any():
-            self._append(np.unique(keys[missing]))
-            pos = self.find(keys)  # after a merge every row may have moved
+            new = np.unique(keys[missing])
+            first = self._n
+            if self._append(new):
+                pos = self.find(keys)  # merged: every row may have moved
+            else:
+                pos[missing] = first + np.searchsorted(new, keys[missing])
         if ts is not None:
             seen = self._cols[_LAST_SEEN]
             ts = np.asarray(ts, dtype=np.float64)
@@ -191,10 +195,14 @@ class EntityTable:
                 pos[missing] = np.where(tail >= 0, self._tail_rows[np.maximum(tail, 0)], -1)
         return pos
 
-    def _append(self, new_keys: NDArray[np.uint64]) -> None:
-        """Append sorted distinct keys not in the table, with the columns' defaults, to the
-        tail; merge the tail into the sorted rows once it outgrows 1/16 of the table."""
+    def _append(self, new_keys: NDArray[np.uint64]) -> bool:
+        """Add sorted distinct keys not in the table, with the columns' defaults: to the tail,
+        or, when the tail would outgrow 1/16 of the table, merged with it into the sorted
+        rows. Returns whether rows were renumbered (merged)."""
         n, k = self._n, len(new_keys)
+        if len(self._tail_keys) + k > _TAIL_MIN + self._sorted // 16:
+            self._merge(new_keys)
+            return True
         self._reserve(n + k)
         self._keys[n : n + k] = new_keys
         for name, col in self._cols.items():
@@ -209,8 +217,7 @@ class EntityTable:
             self._tail_rows = _spread(self._tail_rows, old, at, rows)
         else:
             self._tail_keys, self._tail_rows = new_keys.copy(), rows
-        if len(self._tail_keys) > _TAIL_MIN + self._sorted // 16:
-            self._merge()
+        return False
 
     def _reserve(self, rows: int) -> None:
         """Room for ``rows`` rows (growing by an eighth at least: amortised appends)."""
@@ -220,19 +227,32 @@ class EntityTable:
         self._keys = _grown(self._keys, self._n, cap)
         self._cols = {name: _grown(col, self._n, cap) for name, col in self._cols.items()}
 
-    def _merge(self) -> None:
-        """Merge the tail into the sorted rows (rows renumbered)."""
-        if not len(self._tail_keys):
+    def _merge(self, new_keys: NDArray[np.uint64] | None = None) -> None:
+        """Merge the tail, then ``new_keys`` (sorted, distinct, absent; with the defaults), into
+        the sorted rows: rows renumbered, arrays at their exact length, built by masked copies
+        of the sorted rows (only the tail's rows are gathered)."""
+        tail = len(self._tail_keys)
+        if not tail and (new_keys is None or not len(new_keys)):
             return
-        n, main = self._n, self._sorted
-        at = np.searchsorted(self._keys[:main], self._tail_keys) + np.arange(len(self._tail_keys))
-        old = np.ones(n, dtype=np.bool_)
-        old[at] = False
-        order = _spread(np.arange(main, dtype=np.intp), old, at, self._tail_rows)  # row of each new row
-        self._keys[:n] = self._keys[:n][order]
-        for col in self._cols.values():
-            col[:n] = col[:n][order]
-        self._reset_layout(n)
+        main = self._sorted
+        keys = self._keys[:main]
+        cols = {name: col[:main] for name, col in self._cols.items()}
+        if tail:
+            at = np.searchsorted(keys, self._tail_keys) + np.arange(tail)
+            old = np.ones(main + tail, dtype=np.bool_)
+            old[at] = False
+            moved = {name: col[self._tail_rows] for name, col in self._cols.items()}
+            keys = _spread(keys, old, at, self._tail_keys)
+            cols = {name: _spread(cols[name], old, at, moved[name]) for name in cols}
+        if new_keys is not None and len(new_keys):
+            k = len(new_keys)
+            at = np.searchsorted(keys, new_keys) + np.arange(k)
+            old = np.ones(len(keys) + k, dtype=np.bool_)
+            old[at] = False
+            keys = _spread(keys, old, at, new_keys)
+            cols = {name: _spread(cols[name], old, at, self._spec[name][1]) for name in cols}
+        self._keys, self._cols = keys, cols
+        self._reset_layout(len(keys))
 
     def evict(self, now: float) -> int:
         """Drop entities last seen before ``now - idle_ttl``; returns how many were dropped."""
