@@ -166,15 +166,19 @@ class EntityTable:
         keys = np.asarray(keys, dtype=np.uint64)
         if len(keys) == 0:
             return np.zeros(0, dtype=np.intp)
-        pos = self.find(keys)
-        missing = pos < 0
-        if missing.any():
-            new = np.unique(keys[missing])
-            first = self._n
-            if self._append(new):
-                pos = self.find(keys)  # merged: every row may have moved
-            else:
-                pos[missing] = first + np.searchsorted(new, keys[missing])
+        ascending = len(keys) == 1 or bool(np.all(keys[1:] > keys[:-1]))  # a batch's distinct keys
+        if ascending and not len(self._tail_keys):
+            pos = self._rows_sorted(keys)
+        else:
+            pos = self.find(keys)
+            missing = pos < 0
+            if missing.any():
+                new = np.unique(keys[missing])
+                first = self._n
+                if self._append(new):
+                    pos = self.find(keys)  # merged: every row may have moved
+                else:
+                    pos[missing] = first + np.searchsorted(new, keys[missing])
         if ts is not None:
             seen = self._cols[_LAST_SEEN]
             ts = np.asarray(ts, dtype=np.float64)
@@ -182,6 +186,26 @@ class EntityTable:
                 seen[pos] = np.maximum(seen[pos], ts)
             else:
                 np.maximum.at(seen, pos, ts)
+        return pos
+
+    def _rows_sorted(self, keys: NDArray[np.uint64]) -> NDArray[np.intp]:
+        """:meth:`rows` of ascending distinct keys into a table without a tail: one search,
+        positions after inserting computed, not searched again."""
+        main = self._keys[: self._sorted]
+        pos: NDArray[np.intp] = np.searchsorted(main, keys)
+        if len(main):
+            missing = main[np.minimum(pos, len(main) - 1)] != keys
+        else:
+            missing = np.ones(len(keys), dtype=np.bool_)
+        if not missing.any():
+            return pos
+        first = self._n
+        if self._append(keys[missing]):  # merged into the sorted rows
+            before = np.cumsum(missing)  # a key's row: old keys below it plus new keys below it
+            before -= missing
+            pos += before
+        else:
+            pos[missing] = np.arange(first, first + int(np.count_nonzero(missing)))
         return pos
 
     def find(self, keys: NDArray[np.uint64]) -> NDArray[np.intp]:
