@@ -166,6 +166,14 @@ found:
     return p + 1;
 }
 
+/* Past one or more digits, or NULL if there is none. */
+static inline const char *skip_digits(const char *p, const char *end) {
+    const char *start = p;
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    return p == start ? NULL : p;
+}
+
 /* A JSON number; *integral tells whether it had neither fraction nor exponent. */
 static inline const char *read_number(const char *p, const char *end, int *integral) {
     const char *s = p;
@@ -182,11 +190,7 @@ static inline const char *read_number(const char *p, const char *end, int *integ
         return NULL;
     *integral = 1;
     if (p < end && *p == '.') {
-        p++;
-        const char *d = p;
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
-        if (p == d)
+        if ((p = skip_digits(p + 1, end)) == NULL)
             return NULL;
         *integral = 0;
     }
@@ -194,10 +198,7 @@ static inline const char *read_number(const char *p, const char *end, int *integ
         p++;
         if (p < end && (*p == '+' || *p == '-'))
             p++;
-        const char *d = p;
-        while (p < end && *p >= '0' && *p <= '9')
-            p++;
-        if (p == d)
+        if ((p = skip_digits(p, end)) == NULL)
             return NULL;
         *integral = 0;
     }
