@@ -154,14 +154,20 @@ class PartitionProgress(FixedPartitionedSource[Any, S], Generic[S]):
         if not idle_after > 0:
             raise ValueError(f"idle_after must be a positive number of seconds, got {idle_after!r}")
         self.source, self.flow, self.idle_after = source, flow, float(idle_after)
+        self._parts: tuple[str, ...] | None = None
 
     def list_parts(self) -> list[str]:
-        return self.source.list_parts()
+        return list(self._all_parts())
+
+    def _all_parts(self) -> tuple[str, ...]:
+        # Asked once per worker (a Kafka source asks the broker each time).
+        if self._parts is None:
+            self._parts = tuple(sorted(self.source.list_parts()))
+        return self._parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: S | None) -> _ProgressPartition[S]:
         inner = self.source.build_part(step_id, for_part, resume_state)
-        parts = tuple(sorted(self.source.list_parts()))
-        return _ProgressPartition(inner, self.flow, Progress(for_part, parts), self.idle_after)
+        return _ProgressPartition(inner, self.flow, Progress(for_part, self._all_parts()), self.idle_after)
 
 
 class _ProgressPartition(StatefulSourcePartition[Any, S]):
