@@ -14,7 +14,7 @@ import hashlib
 import json
 import pickle
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
@@ -282,16 +282,7 @@ class EventBatch:
             raise KeyError(f"batch of flow {self.flow!r} has no column {missing[0]!r}")
         columns = self.columns
         # hashes and memo are shared: they are functions of the events, whatever columns show
-        return EventBatch(
-            self.flow,
-            self.positions,
-            LazyColumns(names, lambda n: columns[n]),
-            self.hashes,
-            self.memo,
-            self.progress,
-            self.progress_ts,
-            self.clock,
-        )
+        return replace(self, columns=LazyColumns(names, lambda n: columns[n]))
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The events as plain dicts (for JSON Lines, samples and tests)."""

@@ -24,7 +24,6 @@ from connectors.events import SCHEMAS, EventBatch, Progress
 
 __all__ = ["GenerateFn", "GeneratorSource", "PartitionProgress"]
 
-X = TypeVar("X")
 S = TypeVar("S")
 
 GenerateFn = Callable[[int, int, int, int], Iterator[EventBatch]]

@@ -182,7 +182,7 @@ class EntityTable:
         if ts is not None:
             seen = self._cols[_LAST_SEEN]
             ts = np.asarray(ts, dtype=np.float64)
-            if len(keys) == 1 or bool(np.all(keys[1:] > keys[:-1])):  # distinct rows
+            if ascending:  # distinct rows
                 seen[pos] = np.maximum(seen[pos], ts)
             else:
                 np.maximum.at(seen, pos, ts)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import bytewax.operators as op
@@ -105,6 +105,13 @@ class DetectorSpec:
     factory: Callable[[], Detector]
     columns: tuple[str, ...] | None = None
     local: Callable[[EventBatch], EventBatch] | None = None
+
+
+def shard_keys(key: str | None, shards: int) -> list[str]:
+    """Every state key :func:`split_by_shard` may route a batch keyed by ``key`` to."""
+    if key is None or shards == 1:
+        return [GLOBAL_KEY]
+    return [shard_key(s, shards) for s in range(shards)]
 
 
 def split_by_shard(
@@ -211,10 +218,9 @@ class PartitionClock:
             self.quiet.add(p.partition)
             return np.zeros(0)
         self.quiet.discard(p.partition)
-        ts = batch["ts"] if batch.progress_ts is None else batch.progress_ts
-        running = np.maximum.accumulate(np.asarray(ts, dtype=np.float64))
+        ts = np.asarray(batch["ts"], dtype=np.float64)
+        running = event_clock(batch, ts, self.maxima.get(p.partition, -math.inf))  # batch.clock unset here
         if len(running):
-            np.maximum(running, self.maxima.get(p.partition, -math.inf), out=running)
             self.maxima[p.partition] = float(running[-1])
         clock = np.minimum(running, self._others(p.partition, running))
         np.maximum(clock, self.clock, out=clock)
@@ -280,16 +286,7 @@ def _runs_by_progress(values: list[EventBatch]) -> list[list[EventBatch]]:
 
 def _with_clock(batch: EventBatch, clock: NDArray[np.float64]) -> EventBatch:
     """``batch`` (shared memo and hashes) carrying the shard's ``clock``."""
-    return EventBatch(
-        batch.flow,
-        batch.positions,
-        batch.columns,
-        batch.hashes,
-        batch.memo,
-        batch.progress,
-        batch.progress_ts,
-        clock,
-    )
+    return replace(batch, clock=clock)
 
 
 class DetectorGroup(Detector):
@@ -357,10 +354,7 @@ def detector_step(
     """Route ``events`` to shards by ``spec.key`` and run ``spec``'s detector on each shard,
     with a :class:`PartitionClock` per shard (``max_skew``: see there)."""
 
-    # the keys split_by_shard uses
-    every_shard = (
-        [GLOBAL_KEY] if spec.key is None or shards == 1 else [shard_key(s, shards) for s in range(shards)]
-    )
+    every_shard = shard_keys(spec.key, shards)
 
     def route(batch: EventBatch) -> list[tuple[str, EventBatch]]:
         if batch.progress is not None and batch.progress.state != "data":

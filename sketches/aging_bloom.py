@@ -272,7 +272,7 @@ class AgingBloomFilter(Sketch):
         if clock is None:
             clocks = np.maximum.accumulate(times)
         else:
-            clocks = self._timestamps(clock, n, "clock")
+            clocks = self._timestamps(self._no_watermark_yet(clock, times), n, "clock")
             if n > 1 and (clocks[1:] < clocks[:-1]).any():
                 j = int(np.flatnonzero(clocks[1:] < clocks[:-1])[0])
                 raise ValueError(
@@ -288,6 +288,20 @@ class AgingBloomFilter(Sketch):
         cuts = [0, *(np.flatnonzero(gens[1:] != gens[:-1]) + 1).tolist(), n]
         runs = [(a, b, int(gens[a]), int(cgens[b - 1])) for a, b in itertools.pairwise(cuts)]
         return runs, float(clocks[-1]), int(cgens[-1])
+
+    def _no_watermark_yet(self, clock: TimeStamps, times: NDArray[np.float64]) -> TimeStamps:
+        """``clock`` with ``-inf`` ("no watermark yet": some input has not been heard from) as
+        the filter's own clock, or before it has one a time no event is before
+        (``min(0, ts)``; event times are epoch seconds): the clock does not move, so no
+        generation is dropped and no event counts as late."""
+        try:
+            raw = np.asarray(clock, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            return clock  # _timestamps words the error
+        if not (raw == -np.inf).any():
+            return clock
+        low = self._clock if self._clock is not None else min(0.0, float(times.min()))
+        return np.where(raw == -np.inf, low, raw)
 
     def _check_empty(self, ts: TimeStamps, clock: TimeStamps | None) -> None:
         """Validate the arguments of an empty batch, which changes nothing (not even the clock)."""
@@ -432,7 +446,8 @@ class AgingBloomFilter(Sketch):
         clock : float, int or array of them, optional
             ``None`` (default): the clock is the running maximum of ``ts`` and every event
             counts at it. Otherwise the low watermark of each event (or one for the batch):
-            non-decreasing within the call, raised to the filter's clock if below it. Event
+            non-decreasing within the call, raised to the filter's clock if below it;
+            ``-inf`` means no watermark yet (the clock stays where it is). Event
             ``i`` counts at ``e_i = max(ts_i, clock_i)``: it is checked against generations
             ``floor(e_i / ttl)``, the one before and (if a partition ahead created it) the one
             after, and inserted into the first, in input order; generations older than

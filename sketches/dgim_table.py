@@ -119,7 +119,7 @@ class DGIMTable:
                 raise ValueError(
                     f"masks must be unsigned, shape (rows, {self._levels}), got {arr.dtype} {arr.shape}"
                 )
-            self._masks = arr.astype(np.uint64)
+            self._masks = arr.astype(np.uint64, order="C")  # the C kernel needs rows contiguous
             if np.any(self._masks & ~self._full):
                 raise ValueError("masks hold buckets outside the window")
 
@@ -273,7 +273,7 @@ class DGIMTable:
             return estimate, lo, hi
         if rows.min() < 0 or rows.max() >= len(self._masks):
             raise ValueError(f"rows must be in [0, {len(self._masks)})")
-        if _chash is not None and self._masks.flags.c_contiguous:
+        if _chash is not None:
             resets = None if reset is None else np.ascontiguousarray(reset, dtype=np.bool_)
             _chash.dgim_add(
                 self._masks,

@@ -167,24 +167,6 @@ class _Groups:
         return self.keys[self.starts]
 
 
-def _shard_clock(batch: EventBatch, ts: FloatArray, carried: float) -> FloatArray:
-    """The shard's clock after each event (input order), never below ``carried``: the
-    runtime's partition clock (:attr:`EventBatch.clock`), else the running maximum of ``ts``."""
-    return event_clock(batch, ts, carried)
-
-
-def _finite_clock(clock: FloatArray | None, ts: FloatArray, held: float | None) -> FloatArray | None:
-    """``clock`` for the duplicate filter, whose clock must be finite: its ``-inf`` prefix (the
-    shard has not heard from every partition yet, so any partition may still bring older
-    events) becomes the filter's own clock ``held``, or before it has one, a time no event is
-    before (``min(0, ts)``; event times are epoch seconds): the clock does not move, so no
-    generation is dropped and no event counts as late."""
-    if clock is None or not len(clock) or np.isfinite(clock[0]):
-        return clock
-    low = held if held is not None else min(0.0, float(ts.min()))
-    return np.maximum(clock, low)
-
-
 def _previous(values: FloatArray, groups: _Groups, stored: FloatArray) -> FloatArray:
     """Per sorted event, the value of the previous event of its entity (``stored`` for the first)."""
     prev = np.empty_like(values)
@@ -315,7 +297,7 @@ class DuplicateDetector(Detector):
         check = self.filter.check_and_add_hashes
         # With several input partitions the filter keeps generations by each event's own time
         # and drops them by the shard's partition clock (operators.runtime.PartitionClock).
-        clock = _finite_clock(batch.clock, ts, self.filter.clock)
+        clock = batch.clock
         if len(ts) <= _DUP_CHUNK:
             dup = check(hashes, ts, clock)
         else:
@@ -580,7 +562,7 @@ class OutlierDetector(Detector):
         g = _groups(batch, self.entity_column)
         order = g.order
         sts, slv = ts[order], lv[order]
-        clock = _shard_clock(batch, ts, self._clock)[order]
+        clock = event_clock(batch, ts, self._clock)[order]
         self._clock = float(clock.max())
         table = self.table
         keys = g.unique_keys
@@ -796,7 +778,7 @@ class _DGIMDetector(Detector):
         ts = _timestamps(batch)
         g = _groups(batch, self.entity_column)
         sts = ts[g.order]
-        clock = _shard_clock(batch, ts, self._clock)[g.order]
+        clock = event_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
         keys = g.unique_keys
         rows = table.rows(keys)
@@ -876,7 +858,7 @@ class _DGIMDetector(Detector):
         ts = _timestamps(batch)
         g = _groups(batch, self.entity_column)
         sts = ts[g.order]
-        clock = _shard_clock(batch, ts, self._clock)[g.order]
+        clock = event_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
         states = self._states
         keys = g.unique_keys.tolist()
@@ -1217,7 +1199,7 @@ class StuckDetector(Detector):
         order = g.order
         sts = ts[order]
         values = np.asarray(batch[self.value_column], dtype=np.float64)[order]
-        clock = _shard_clock(batch, ts, self._clock)[order]
+        clock = event_clock(batch, ts, self._clock)[order]
         self._clock = float(clock.max())
         table = self.table
         rows = table.rows(g.unique_keys)
