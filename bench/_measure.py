@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 from bytewax.dataflow import Dataflow
@@ -114,11 +113,7 @@ def _config(db: str, batch: int) -> Config:
 
 
 def _build(config: Config, source: Any, sinks: list[Any] | None = None) -> Dataflow:
-    with mock.patch.object(dataflows.common, "build_source", lambda *_a, **_k: source):
-        if sinks is None:
-            return dataflows.common.build_flow("fraud", detectors(config), config)
-        with mock.patch.object(dataflows.common, "build_sinks", lambda *_a, **_k: sinks):
-            return dataflows.common.build_flow("fraud", detectors(config), config)
+    return dataflows.common.build_flow("fraud", detectors(config), config, source=source, sinks=sinks)
 
 
 def generated_flow(

@@ -23,6 +23,7 @@ from typing import Any, Final, TextIO, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import FixedPartitionedSource
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
@@ -36,11 +37,19 @@ from operators.sampling import sampler_for
 __all__ = ["build_flow", "flow_from_env", "sampling_spec"]
 
 
-def build_flow(name: str, detectors: list[DetectorSpec], config: Config) -> Dataflow:
-    """The dataflow of flow ``name`` running ``detectors`` with ``config``'s source and sinks."""
+def build_flow(
+    name: str,
+    detectors: list[DetectorSpec],
+    config: Config,
+    source: FixedPartitionedSource[Any, Any] | None = None,
+    sinks: list[DynamicSink[Any]] | None = None,
+) -> Dataflow:
+    """The dataflow of flow ``name`` running ``detectors`` with ``config``'s source and sinks, or
+    with ``source`` (partitions that emit :class:`EventBatch` lists) and ``sinks`` instead (the
+    benchmarks' in-memory sources; ``config``'s Kafka sinks are added either way)."""
     tune_allocator()
     flow = Dataflow(f"sketchwatch_{name}")
-    split = op.branch("split", _source(flow, config), _is_batch)
+    split = op.branch("split", _source(flow, config, source), _is_batch)
     events = cast(Stream[EventBatch], split.trues)
     dead = cast(Stream[DeadLetter], split.falses)
     if config.env.get(CHAOS_VARIABLE):
@@ -50,12 +59,16 @@ def build_flow(name: str, detectors: list[DetectorSpec], config: Config) -> Data
         spec = group_spec(group)
         outputs.append(detector_step(spec.name, events, spec, config.shards, config.seed, config.max_skew))
     results = op.merge("results", *outputs)
-    _sinks(results, config)
+    _sinks(results, config, sinks)
     _summary(name, events, results)
     return flow
 
 
-def _source(flow: Dataflow, config: Config) -> Stream[EventBatch | DeadLetter]:
+def _source(
+    flow: Dataflow, config: Config, source: FixedPartitionedSource[Any, Any] | None
+) -> Stream[EventBatch | DeadLetter]:
+    if source is not None:
+        return op.input("source", flow, PartitionProgress(source, config.flow, config.idle_partition))
     if config.source.kind == "kafka":
         from connectors.kafka import kafka_input  # librdkafka only for flows that use Kafka
 
@@ -65,8 +78,8 @@ def _source(flow: Dataflow, config: Config) -> Stream[EventBatch | DeadLetter]:
     )
 
 
-def _sinks(results: Stream[Any], config: Config) -> None:
-    for index, sink in enumerate(build_sinks(config)):
+def _sinks(results: Stream[Any], config: Config, sinks: list[DynamicSink[Any]] | None) -> None:
+    for index, sink in enumerate(build_sinks(config) if sinks is None else sinks):
         op.output(f"sink_{index}", results, sink)
     # Kafka alert sinks are partitioned: exactly-once needs one writer per Kafka partition.
     kafka_sinks = [s for s in config.sinks if s.kind == "kafka"]

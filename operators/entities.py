@@ -10,7 +10,8 @@ Memory and speed. The rows are kept sorted by key, so the key column is also the
 keys are appended after the sorted rows (a short tail with a small sorted index of its own)
 and merged into them once the tail outgrows 1/16 of the table, so inserting is amortised
 O(1) per key instead of a rebuild of every column per batch (which made small batches slow
-at a million entities). The columns keep at most 1/8 spare capacity for the tail; evicting
+at a million entities). A merge leaves the columns room for the next tail (1/16 spare) and
+rebuilds them one at a time, so its transient memory is one column, not the table; evicting
 rows rebuilds them at their exact length. A table whose rows already hold each entity's latest event
 time can name that column its ``clock`` instead of keeping a separate last-seen column.
 A pickled table stores each column in the smallest of a few exact encodings (integers in
@@ -21,13 +22,15 @@ smaller than the live table; unpickling restores every value bit for bit.
 
 from __future__ import annotations
 
+import io
+import pickle
 from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-__all__ = ["EntityTable"]
+__all__ = ["EntityTable", "dumps_tables"]
 
 _LAST_SEEN: Final = "\x00last_seen"
 """Internal column name of the last-seen times of a table without a ``clock`` column."""
@@ -244,39 +247,47 @@ class EntityTable:
         return False
 
     def _reserve(self, rows: int) -> None:
-        """Room for ``rows`` rows (growing by an eighth at least: amortised appends)."""
+        """Room for ``rows`` rows (growing by an eighth at least: amortised appends), one column
+        at a time (the transient is one column, not the table)."""
         if rows <= len(self._keys):
             return
         cap = max(rows, len(self._keys) + len(self._keys) // 8, 16)
         self._keys = _grown(self._keys, self._n, cap)
-        self._cols = {name: _grown(col, self._n, cap) for name, col in self._cols.items()}
+        for name in list(self._cols):
+            self._cols[name] = _grown(self._cols[name], self._n, cap)
 
     def _merge(self, new_keys: NDArray[np.uint64] | None = None) -> None:
-        """Merge the tail, then ``new_keys`` (sorted, distinct, absent; with the defaults), into
-        the sorted rows: rows renumbered, arrays at their exact length, built by masked copies
-        of the sorted rows (only the tail's rows are gathered)."""
-        tail = len(self._tail_keys)
-        if not tail and (new_keys is None or not len(new_keys)):
+        """Merge the tail and ``new_keys`` (sorted, distinct, absent; with the defaults) into the
+        sorted rows in one pass: rows renumbered, each column rebuilt by masked copies (only the
+        tail's rows gathered) into arrays with room for the next tail, one column at a time."""
+        ins, src = self._tail_keys, self._tail_rows  # keys going in; their rows, -1 for new ones
+        if new_keys is not None and len(new_keys):
+            ins = np.concatenate([ins, new_keys])
+            src = np.concatenate([src, np.full(len(new_keys), -1, dtype=np.intp)])
+            if len(self._tail_keys):
+                order = np.argsort(ins, kind="stable")  # two sorted runs: one merge
+                ins, src = ins[order], src[order]
+        m = len(ins)
+        if not m:
             return
         main = self._sorted
-        keys = self._keys[:main]
-        cols = {name: col[:main] for name, col in self._cols.items()}
-        if tail:
-            at = np.searchsorted(keys, self._tail_keys) + np.arange(tail)
-            old = np.ones(main + tail, dtype=np.bool_)
-            old[at] = False
-            moved = {name: col[self._tail_rows] for name, col in self._cols.items()}
-            keys = _spread(keys, old, at, self._tail_keys)
-            cols = {name: _spread(cols[name], old, at, moved[name]) for name in cols}
-        if new_keys is not None and len(new_keys):
-            k = len(new_keys)
-            at = np.searchsorted(keys, new_keys) + np.arange(k)
-            old = np.ones(len(keys) + k, dtype=np.bool_)
-            old[at] = False
-            keys = _spread(keys, old, at, new_keys)
-            cols = {name: _spread(cols[name], old, at, self._spec[name][1]) for name in cols}
-        self._keys, self._cols = keys, cols
-        self._reset_layout(len(keys))
+        total = main + m
+        cap = total + total // 16 + _TAIL_MIN  # the most a tail holds before the next merge
+        at = np.searchsorted(self._keys[:main], ins) + np.arange(m)
+        old = np.ones(total, dtype=np.bool_)
+        old[at] = False
+        moved = np.flatnonzero(src >= 0)
+        self._keys = _spread(self._keys[:main], old, at, ins, cap)
+        for name in list(self._cols):
+            col = self._cols[name]
+            dtype, default = self._spec[name]
+            if len(moved) == m:
+                values = col[src]
+            else:
+                values = np.full(m, default, dtype=dtype)
+                values[moved] = col[src[moved]]
+            self._cols[name] = _spread(col[:main], old, at, values, cap)
+        self._reset_layout(total)
 
     def evict(self, now: float) -> int:
         """Drop entities last seen before ``now - idle_ttl``; returns how many were dropped."""
@@ -310,36 +321,55 @@ class EntityTable:
     # -- pickling -------------------------------------------------------------------------------
 
     def __getstate__(self) -> dict[str, Any]:
+        return self._state()
+
+    def _state(self, peer: _Peer | None = None) -> dict[str, Any]:
         # Rows sorted by key (the tail merged first: a snapshot renumbers rows, as evict does);
-        # each column in its smallest exact encoding (see _pack); the keys as they are.
+        # each column in its smallest exact encoding (see _pack); the keys as they are, or as
+        # rows of ``peer``'s table plus the keys it lacks.
         self._merge()
         n = self._n
         cols = {name: col[:n] for name, col in self._cols.items()}
         packed: dict[str, tuple[Any, ...]] = {}
         for name in cols:
-            packed[name] = _pack(cols[name], self._spec[name][1], cols, packed)
+            extra = [] if peer is None else peer.bases(cols[name].dtype, self._spec[name][1])
+            packed[name] = _pack(cols[name], self._spec[name][1], cols, packed, extra)
         return {
             "version": _STATE_VERSION,
             "idle_ttl": self.idle_ttl,
             "clock": self._clock,
             "spec": {k: (d.str, v) for k, (d, v) in self._spec.items()},
-            "keys": self._keys[:n],
+            "keys": self._keys[:n] if peer is None else peer.keys_state(),
             "cols": packed,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        self._set_state(state, None)
+
+    def _set_state(self, state: dict[str, Any], peer_table: EntityTable | None) -> None:
         self.idle_ttl = state["idle_ttl"]
         self._spec = {k: (np.dtype(d), v) for k, (d, v) in state["spec"].items()}
         if state.get("version") != _STATE_VERSION:
             self._setstate_v1(state)
             return
         self._clock = state["clock"]
-        keys = np.asarray(state["keys"], dtype=np.uint64)
+        peer = None if peer_table is None else _Peer.loaded(peer_table, state["keys"])
+        keys = np.asarray(state["keys"] if peer is None else peer.keys, dtype=np.uint64)
         self._keys = keys
         self._cols = {}
         for name, enc in state["cols"].items():
-            self._cols[name] = _unpack(enc, len(keys), self._spec[name], self._cols)
+            self._cols[name] = _unpack(enc, len(keys), self._spec[name], self._cols, peer)
         self._reset_layout(len(keys))
+
+    def _reduce_among(self, peers: list[EntityTable]) -> Any:
+        """How :func:`dumps_tables` pickles this table: against the first of ``peers`` (tables
+        pickled before it) whose keys hold most of its own, else as usual (and it joins them)."""
+        for table in peers:
+            peer = _Peer.of(table, self.keys)
+            if peer is not None:
+                return (_table_against, (table, self._state(peer)))
+        peers.append(self)
+        return NotImplemented
 
     def _setstate_v1(self, state: dict[str, Any]) -> None:
         """A table pickled before version 2: rows in insertion order, an own last-seen column."""
@@ -382,9 +412,14 @@ def _narrow(values: NDArray[Any]) -> NDArray[Any]:
 
 
 def _pack(
-    col: NDArray[Any], default: Any, cols: Mapping[str, NDArray[Any]], done: Mapping[str, Any]
+    col: NDArray[Any],
+    default: Any,
+    cols: Mapping[str, NDArray[Any]],
+    done: Mapping[str, Any],
+    extra: list[tuple[tuple[Any, ...], NDArray[Any]]] = [],  # noqa: B006 (never modified)
 ) -> tuple[Any, ...]:
-    """The smallest exact encoding of ``col`` (``done``: columns encoded before it)."""
+    """The smallest exact encoding of ``col`` (``done``: columns encoded before it; ``extra``:
+    more bases, as ``(tag, array)``)."""
     full = _narrow(col)
     best: tuple[Any, ...] = ("full", full)
     if col.dtype.kind not in "biuf" or len(col) == 0:
@@ -397,6 +432,7 @@ def _pack(
         if not any(b.shape == (1,) and _bits_view(b)[0] == view[i] for _, b in bases):
             bases.append((("value", col[i : i + 1].copy()), col[i : i + 1]))
     bases += [(("column", name), cols[name]) for name in done if cols[name].dtype == col.dtype]
+    bases += extra
     least = 1 if col.dtype.kind in "iu" else col.dtype.itemsize  # bytes per value at best
     for base, arr in bases:
         differs = view != _bits_view(arr)
@@ -411,7 +447,11 @@ def _pack(
 
 
 def _unpack(
-    enc: tuple[Any, ...], n: int, spec: tuple[np.dtype[Any], Any], cols: Mapping[str, NDArray[Any]]
+    enc: tuple[Any, ...],
+    n: int,
+    spec: tuple[np.dtype[Any], Any],
+    cols: Mapping[str, NDArray[Any]],
+    peer: _Peer | None = None,
 ) -> NDArray[Any]:
     dtype, default = spec
     if enc[0] == "full":
@@ -422,6 +462,8 @@ def _unpack(
             out = np.full(n, default, dtype=dtype)
         elif base[0] == "value":
             out = np.full(n, np.asarray(base[1]).astype(dtype)[0], dtype=dtype)
+        elif base[0] == "peer" and peer is not None:
+            out = peer.aligned(base[1], dtype, default)
         else:
             out = cols[base[1]].astype(dtype)  # a copy
         differs = np.unpackbits(bits, count=n).view(np.bool_)
@@ -433,12 +475,97 @@ def _unpack(
     return out
 
 
-def _spread(col: NDArray[Any], old: NDArray[np.bool_], at: NDArray[np.intp], new: Any) -> NDArray[Any]:
-    """``col`` with ``new`` inserted at rows ``at`` of the result (``old``: the other rows).
-    Masked copies: ~1.4x faster than gathering with an index array, at any table size."""
-    out = np.empty(len(old), dtype=col.dtype)
-    out[old] = col
-    out[at] = new
+# -- tables pickled against each other ----------------------------------------------------------
+#
+# A detector group's tables are keyed by one entity (fraud: every card has a row in
+# amount_outlier's table and in card_velocity's) and often hold equal columns (both keep each
+# card's previous event time). Pickled by dumps_tables, a table whose keys are mostly another's
+# stores them as a bitmap over that table's rows plus the keys it lacks, and a column may be
+# stored as its differences from one of that table's columns (aligned by key).
+
+
+class _Peer:
+    """A table pickled earlier (``table``) as seen from one whose keys are ``keys``: ``rows``, the
+    row of each key in ``table`` or -1."""
+
+    def __init__(self, table: EntityTable, keys: NDArray[np.uint64], rows: NDArray[np.intp]) -> None:
+        self.table, self.keys, self.rows = table, keys, rows
+        self.found = rows >= 0
+
+    @classmethod
+    def of(cls, table: EntityTable, keys: NDArray[np.uint64]) -> _Peer | None:
+        """``table`` as a peer of a table with ``keys``, if that stores the keys in less than half."""
+        rows = _search(table.keys, keys)
+        peer = cls(table, keys, rows)
+        lacking = len(keys) - int(np.count_nonzero(peer.found))
+        if (len(table) + 7) // 8 + 8 * lacking >= 4 * len(keys):
+            return None
+        return peer
+
+    @classmethod
+    def loaded(cls, table: EntityTable, state: tuple[Any, ...]) -> _Peer:
+        """The peer of a table being unpickled, from the keys' state (:meth:`keys_state`)."""
+        _, bits, lacking = state
+        mine = table.keys[np.unpackbits(bits, count=len(table)).view(np.bool_)]
+        keys = np.sort(np.concatenate([mine, np.asarray(lacking, dtype=np.uint64)]))
+        return cls(table, keys, _search(table.keys, keys))
+
+    def keys_state(self) -> tuple[Any, ...]:
+        """The keys as a bitmap over the peer's rows and the keys it lacks."""
+        mine = np.zeros(len(self.table), dtype=np.bool_)
+        mine[self.rows[self.found]] = True
+        return ("peer_rows", np.packbits(mine), self.keys[~self.found])
+
+    def aligned(self, name: str, dtype: np.dtype[Any], default: Any) -> NDArray[Any]:
+        """The peer's column ``name`` at the rows of this table's keys (``default`` elsewhere)."""
+        out = np.full(len(self.keys), default, dtype=dtype)
+        out[self.found] = self.table._cols[name][self.rows[self.found]]
+        return out
+
+    def bases(self, dtype: np.dtype[Any], default: Any) -> list[tuple[tuple[Any, ...], NDArray[Any]]]:
+        """The peer's columns of ``dtype``, aligned, as extra bases for :func:`_pack`."""
+        cols = self.table._cols
+        return [(("peer", n), self.aligned(n, dtype, default)) for n in cols if cols[n].dtype == dtype]
+
+
+def _table_against(table: EntityTable, state: dict[str, Any]) -> EntityTable:
+    """Unpickle a table pickled against ``table`` (see :func:`dumps_tables`)."""
+    out = EntityTable.__new__(EntityTable)
+    out._set_state(state, table)
+    return out
+
+
+class _TablePickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.tables: list[EntityTable] = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is EntityTable:
+            return obj._reduce_among(self.tables)
+        return NotImplemented
+
+
+def dumps_tables(obj: Any) -> bytes:
+    """``pickle.dumps(obj)`` (highest protocol), where an :class:`EntityTable` whose keys are
+    mostly those of one pickled before it is stored against that table: its keys as a bitmap
+    over the other's rows, and its columns possibly as differences from the other's (fraud's
+    card_velocity table against amount_outlier's). ``pickle.loads`` restores every table."""
+    buf = io.BytesIO()
+    _TablePickler(buf).dump(obj)
+    return buf.getvalue()
+
+
+def _spread(
+    col: NDArray[Any], old: NDArray[np.bool_], at: NDArray[np.intp], new: Any, cap: int | None = None
+) -> NDArray[Any]:
+    """``col`` with ``new`` inserted at rows ``at`` of the result (``old``: the other rows), in an
+    array of ``cap`` rows (default: exactly the result's). Masked copies: ~1.4x faster than
+    gathering with an index array, at any table size."""
+    out = np.empty(len(old) if cap is None else cap, dtype=col.dtype)
+    head = out[: len(old)]
+    head[old] = col
+    head[at] = new
     return out
 
 

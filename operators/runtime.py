@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from connectors.events import EventBatch, Sample, gathered, sliced
 from operators.alerts import Alert
+from operators.entities import dumps_tables
 from operators.routing import shard_key
 
 __all__ = [
@@ -245,12 +246,47 @@ class PartitionClock:
         return low
 
 
-class _DetectorLogic(StatefulBatchLogic[EventBatch, Output, bytes]):
+class _Snapshot:
+    """A shard's state (detector and clock) at the end of an epoch, pickled only when Bytewax
+    pickles this (its snapshot step, which comes right after): the state is not held twice,
+    pickled twice, or pickled at all without recovery. If the logic is about to change the
+    state before that, it calls :meth:`freeze` first, which pickles the state as it still is."""
+
+    __slots__ = ("_frozen", "_logic")
+
+    def __init__(self, logic: _DetectorLogic) -> None:
+        self._logic: _DetectorLogic | None = logic
+        self._frozen: bytes | None = None
+
+    def freeze(self) -> None:
+        """Pickle the state now (the logic lets go of this snapshot)."""
+        logic, self._logic = self._logic, None
+        if logic is not None:
+            if logic.pending is self:
+                logic.pending = None
+            self._frozen = logic.dumps()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.freeze()
+        return (pickle.loads, (self._frozen,))
+
+
+class _DetectorLogic(StatefulBatchLogic[EventBatch, Output, _Snapshot]):
     def __init__(self, detector: Detector, clock: PartitionClock) -> None:
         self.detector = detector
         self.clock = clock
+        self.pending: _Snapshot | None = None  # the latest snapshot, until pickled or frozen
+
+    def _changing(self) -> None:
+        if self.pending is not None:
+            self.pending.freeze()
+
+    def dumps(self) -> bytes:
+        """The pickled ``(detector, clock)``, what a resumed shard is built from."""
+        return dumps_tables((self.detector, self.clock))
 
     def on_batch(self, values: list[EventBatch]) -> tuple[Iterable[Output], bool]:
+        self._changing()
         out: list[Output] = []
         for run in _runs_by_progress(values):
             batch = EventBatch.concat(run)
@@ -262,11 +298,13 @@ class _DetectorLogic(StatefulBatchLogic[EventBatch, Output, bytes]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Output], bool]:
+        self._changing()
         return self.detector.flush(), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> bytes:
-        # Bytes are immutable: later processing cannot alter a snapshot already taken.
-        return pickle.dumps((self.detector, self.clock), protocol=pickle.HIGHEST_PROTOCOL)
+    def snapshot(self) -> _Snapshot:
+        self._changing()
+        self.pending = _Snapshot(self)
+        return self.pending
 
 
 def _runs_by_progress(values: list[EventBatch]) -> list[list[EventBatch]]:
@@ -364,10 +402,11 @@ def detector_step(
             return parts
         return [(shard, part.project(spec.columns)) for shard, part in parts]
 
-    def build(resume: bytes | None) -> _DetectorLogic:
+    def build(resume: Any) -> _DetectorLogic:
         if resume is None:
             return _DetectorLogic(spec.factory(), PartitionClock(max_skew))
-        state = pickle.loads(resume)
+        # (detector, clock); pickled bytes of it or of a bare detector from older versions
+        state = pickle.loads(resume) if isinstance(resume, bytes) else resume
         if isinstance(state, Detector):  # a snapshot from before partition clocks
             return _DetectorLogic(state, PartitionClock(max_skew))
         detector, clock = state

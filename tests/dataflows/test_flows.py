@@ -8,7 +8,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -200,8 +199,7 @@ def _by_card(events: EventBatch, parts: int, batch: int) -> dict[str, list[Event
 
 def _run_source(source: FixedPartitionedSource[Any, Any], env: dict[str, str]) -> tuple[list[Any], int]:
     config = Config.from_env("fraud", env)
-    with mock.patch.object(dataflows.common, "build_source", lambda *_a, **_k: source):
-        run_main(build_flow("fraud", detectors_for("fraud")(config), config))
+    run_main(build_flow("fraud", detectors_for("fraud")(config), config, source=source))
     url = config.sinks[0].url
     return read_alerts(url), len(read_table(url, "samples"))
 

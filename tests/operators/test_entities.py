@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from operators.entities import EntityTable
+from operators.entities import EntityTable, dumps_tables
 
 U64 = np.uint64
 
@@ -254,3 +256,73 @@ def test_reserved_and_unknown_encodings_are_refused() -> None:
     state["cols"]["x"] = ("zstd", b"")
     with pytest.raises(ValueError, match="encoding"):
         EntityTable.__new__(EntityTable).__setstate__(state)
+
+
+# -- tables pickled against each other (dumps_tables) ----------------------------------------------
+
+
+def _card_tables(n: int, seed: int = 5) -> tuple[EntityTable, EntityTable]:
+    """An outlier-like table and a velocity-like one over the same cards (one lacks a few, one
+    has a few more), the previous event times equal but for a few."""
+    rng = np.random.default_rng(seed)
+    ks = np.unique(rng.integers(0, 2**64, size=n, dtype=U64))
+    a = EntityTable({"prev_ts": (np.float64, -math.inf), "mean": (np.float64, 0.0)}, 60.0, clock="prev_ts")
+    rows = a.rows(ks[5:])
+    prev = 1.7e9 + rng.uniform(0, 1000, len(rows))
+    a["prev_ts"][rows] = prev
+    a["mean"][rows] = rng.normal(size=len(rows))
+    b = EntityTable({"prev_ts": (np.float64, -math.inf)}, 30.0, clock="prev_ts")
+    rows_b = b.rows(ks[: n - 3])
+    ts = np.concatenate([np.full(5, 1.7e9), prev[: len(rows_b) - 5]])
+    ts[100:110] += 0.5
+    b["prev_ts"][rows_b] = ts
+    return a, b
+
+
+def test_a_table_pickled_after_one_with_its_keys_stores_only_what_differs() -> None:
+    a, b = _card_tables(20_000)
+    alone = len(pickle.dumps((a, b), protocol=pickle.HIGHEST_PROTOCOL))
+    together = dumps_tables((a, b))
+    # b alone: 16 B per row; against a: a bitmap of a's rows (1 bit), the 5 keys a lacks, and the
+    # prev_ts that differ (5 + 10 + the rows a lacks) with a bitmap of b's rows
+    assert alone - len(together) > 15.5 * len(b)
+    back_a, back_b = pickle.loads(together)
+    assert_same_table(a, back_a)
+    assert_same_table(b, back_b)
+    # and both keep working independently
+    new = keys(1, 2)
+    assert same_bits(back_b.rows(new), b.rows(new))
+    assert back_b.evict(1.7e9 + 500.0) == b.evict(1.7e9 + 500.0)
+    assert_same_table(b, back_b)
+    assert_same_table(a, back_a)
+
+
+def test_tables_with_unrelated_keys_are_pickled_as_usual() -> None:
+    a, _ = _card_tables(2_000, seed=1)
+    c, _ = _card_tables(2_000, seed=2)
+    assert len(dumps_tables((a, c))) == len(pickle.dumps((a, c), protocol=pickle.HIGHEST_PROTOCOL))
+    back_a, back_c = pickle.loads(dumps_tables((a, c)))
+    assert_same_table(a, back_a)
+    assert_same_table(c, back_c)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**64 - 1), unique=True, max_size=300),
+    st.data(),
+)
+def test_dumps_tables_round_trips_any_overlap(universe: list[int], data: st.DataObject) -> None:
+    def table() -> EntityTable:
+        chosen = data.draw(st.lists(st.sampled_from(universe), unique=True) if universe else st.just([]))
+        t = EntityTable({"v": (np.float64, 0.0), "n": (np.int64, 0)}, 10.0, clock="v")
+        rows = t.rows(np.array(sorted(chosen), dtype=U64))
+        value = st.sampled_from([0.0, -0.0, 1.5, math.nan, -math.inf])
+        values = data.draw(st.lists(value, min_size=len(rows), max_size=len(rows)))
+        t["v"][rows] = values
+        t["n"][rows] = [int(k % 7) for k in sorted(chosen)]
+        return t
+
+    tables = [table(), table(), table()]
+    back = pickle.loads(dumps_tables(tables))
+    for t, u in zip(tables, back, strict=True):
+        assert_same_table(t, u)

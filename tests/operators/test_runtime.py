@@ -354,7 +354,7 @@ def test_a_partition_trailing_by_more_than_max_skew_is_ignored() -> None:
 def test_clock_survives_pickling_with_its_detector() -> None:
     logic = _DetectorLogic(_Recorder("x"), PartitionClock(max_skew=5.0))
     logic.on_batch([_part("a", [1.0, 2.0]), _part("b", [0.5])])
-    detector, clock = pickle.loads(logic.snapshot())
+    detector, clock = pickle.loads(pickle.dumps(logic.snapshot()))
     assert isinstance(detector, _Recorder) and detector.seen == [["ts"], ["ts"]]
     assert (clock.maxima, clock.clock, clock.max_skew) == ({"a": 2.0, "b": 0.5}, 0.5, 5.0)
 
@@ -434,3 +434,21 @@ def test_c_text_decoder_refuses_a_wrong_count() -> None:
     out = np.empty(2, dtype=object)
     events._cjsonl.decode_text(b"a\x00", out)
     assert out.tolist() == ["a", ""]
+
+
+def test_a_snapshot_is_the_state_at_its_epoch_end_however_late_it_is_pickled() -> None:
+    logic = _DetectorLogic(_Recorder("x"), PartitionClock())
+    logic.on_batch([_part("a", [1.0])])
+    taken = logic.snapshot()
+    assert logic.pending is taken  # nothing pickled yet
+    logic.on_batch([_part("a", [2.0])])  # changes the state: the snapshot is frozen first
+    assert logic.pending is None
+    detector, clock = pickle.loads(pickle.dumps(taken))
+    assert detector.seen == [["ts"]] and clock.maxima == {"a": 1.0}
+    later = logic.snapshot()
+    first = pickle.dumps(later)  # pickled at once: the logic lets go of it
+    assert logic.pending is None
+    logic.on_batch([_part("a", [3.0])])
+    assert pickle.dumps(later) == first
+    detector, clock = pickle.loads(first)
+    assert len(detector.seen) == 2 and clock.maxima == {"a": 2.0}
