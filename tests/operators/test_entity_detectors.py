@@ -859,3 +859,32 @@ def test_duplicates_across_partitions_heard_from_late_are_found() -> None:
     a0 = part("a", ["t1", "t3", "t2", "z"], [3.0, 950.0, 400.0, 1600.0])  # t2: 395 s apart
     found = [o.entity for b in (b0, b1, a0) for o in logic.on_batch([b])[0] if isinstance(o, Alert)]
     assert found == ["t1", "t3"]
+
+
+def test_an_idle_entity_not_yet_swept_starts_afresh_like_an_evicted_one() -> None:
+    """Eviction runs every idle_ttl / 16 of shard clock: a row idle past idle_ttl may still be
+    there when its entity returns, and must count for nothing."""
+    outlier = OutlierDetector(idle_ttl=100.0, min_history=3, z=2.0, ratio=2.0)
+    stuck = StuckDetector(idle_ttl=100.0, consecutive=3)
+    # sweeps at 0 and 99.5; "a" (last event at 0.5) is not idle at either, then "z" moves the
+    # clock to 103 (no sweep: < 99.5 + 100 / 16): "a" is idle past idle_ttl but still has rows
+    outlier.process(make_batch("fraud", card_id=["a"] * 4, amount=[10.0] * 4, ts=[0.0, 0.1, 0.2, 0.5]))
+    stuck.process(make_batch("iot", device_id=["a", "a"], temperature=[20.0, 20.0], ts=[0.0, 0.5]))
+    for det, batch in (
+        (outlier, make_batch("fraud", card_id=["z", "z"], amount=[1.0, 1.0], ts=[99.5, 103.0])),
+        (stuck, make_batch("iot", device_id=["z", "z"], temperature=[1.0, 2.0], ts=[99.5, 103.0])),
+    ):
+        det.process(batch.take(np.array([0])))
+        det.process(batch.take(np.array([1])))
+        assert det.n_entities == 2  # type: ignore[attr-defined]
+    # "a" returns at 104: a tenfold amount is no outlier of a history that has expired, and an
+    # equal reading starts a new run instead of completing the old one
+    assert outlier.process(make_batch("fraud", card_id=["a"], amount=[100.0], ts=[104.0])) == []
+    assert stuck.process(make_batch("iot", device_id=["a"], temperature=[20.0], ts=[104.0])) == []
+    fresh = OutlierDetector(idle_ttl=100.0, min_history=3, z=2.0, ratio=2.0)
+    fresh.process(make_batch("fraud", card_id=["a"], amount=[100.0], ts=[104.0]))
+    rows = outlier.table.find(fresh.table.keys)
+    assert outlier.table["mean"][rows].tolist() == fresh.table["mean"].tolist()
+    (row,) = outlier.history.find(fresh.table.keys).tolist()  # kept current: the one-event state
+    state = [outlier.history[name][row] for name in ("weight", "m2", "ref", "count")]
+    assert state == [1.0, 0.0, 104.0, 1]
