@@ -51,6 +51,9 @@ class EntityTable:
         A float64 column of ``columns`` that holds each entity's latest event time, kept up
         to date by the caller; :meth:`evict` compares it with ``now - idle_ttl``. Without
         it, the table keeps its own last-seen column, advanced by the ``ts`` of :meth:`rows`.
+    last_seen : bool, default True
+        False: no clock and no last-seen column at all, for a caller whose columns already
+        tell when an entity is idle (it drops rows with :meth:`drop`; :meth:`evict` refuses).
 
     Notes
     -----
@@ -80,7 +83,11 @@ class EntityTable:
     """
 
     def __init__(
-        self, columns: Mapping[str, tuple[DTypeLike, Any]], idle_ttl: float, clock: str | None = None
+        self,
+        columns: Mapping[str, tuple[DTypeLike, Any]],
+        idle_ttl: float,
+        clock: str | None = None,
+        last_seen: bool = True,
     ) -> None:
         if not idle_ttl > 0:
             raise ValueError(f"idle_ttl must be positive seconds, got {idle_ttl!r}")
@@ -95,11 +102,11 @@ class EntityTable:
         self._keys: NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
         self._cols: dict[str, NDArray[Any]] = {n: np.zeros(0, dtype=d) for n, (d, _) in spec.items()}
         self._reset_layout(0)
-        if clock is None:
+        if clock is not None:
+            self.use_clock(clock)
+        elif last_seen:
             self._spec[_LAST_SEEN] = (np.dtype(np.float64), -np.inf)
             self._cols[_LAST_SEEN] = np.zeros(0, dtype=np.float64)
-        else:
-            self.use_clock(clock)
 
     def _reset_layout(self, n: int) -> None:
         """``n`` live rows, all sorted, no tail."""
@@ -135,7 +142,10 @@ class EntityTable:
     @property
     def last_seen(self) -> NDArray[np.float64]:
         """Latest event time of each row: the ``clock`` column, or the table's own column."""
-        return self._cols[self._clock if self._clock is not None else _LAST_SEEN][: self._n]
+        name = self._clock if self._clock is not None else _LAST_SEEN
+        if name not in self._cols:
+            raise ValueError("this table keeps no last-seen times (last_seen=False): drop rows instead")
+        return self._cols[name][: self._n]
 
     @property
     def nbytes(self) -> int:
@@ -166,6 +176,8 @@ class EntityTable:
         (tables without a ``clock`` column only)."""
         if ts is not None and self._clock is not None:
             raise ValueError(f"this table's clock is column {self._clock!r}: update it, pass no ts")
+        if ts is not None and _LAST_SEEN not in self._cols:
+            raise ValueError("this table keeps no last-seen times (last_seen=False): pass no ts")
         keys = np.asarray(keys, dtype=np.uint64)
         if len(keys) == 0:
             return np.zeros(0, dtype=np.intp)
@@ -389,7 +401,10 @@ class EntityTable:
 # ("like", base, bits, values)   the rows where the column differs (bit for bit) from ``base``,
 #                                a packed bitmap, and their values (integers narrowed); ``base``
 #                                is ("default",), ("value", one-element array) or ("column", name)
-#                                of a column encoded before
+#                                of a column encoded before (or ("peer", name): see dumps_tables)
+# ("offset", low, width, bytes)  every value as its bit pattern minus the lowest one, in ``width``
+#                                little-endian bytes (event times within hours of each other:
+#                                5 of 8 bytes; window ids: 1 or 2)
 
 
 def _bits_view(a: NDArray[Any]) -> NDArray[Any]:
@@ -425,6 +440,9 @@ def _pack(
     if col.dtype.kind not in "biuf" or len(col) == 0:
         return best
     size = full.nbytes
+    offset = _offset(col)
+    if offset is not None and offset[3].nbytes < size:
+        best, size = offset, offset[3].nbytes
     bitmap = (len(col) + 7) // 8
     view = _bits_view(col)
     bases: list[tuple[tuple[Any, ...], NDArray[Any]]] = [(("default",), np.full(1, default, dtype=col.dtype))]
@@ -446,6 +464,30 @@ def _pack(
     return best
 
 
+def _offset(col: NDArray[Any]) -> tuple[Any, ...] | None:
+    """``("offset", low, width, bytes)`` of a numeric column whose bit patterns span fewer bytes
+    than its items hold, else None."""
+    if col.dtype.kind not in "iuf" or len(col) == 0:
+        return None
+    bits = _bits_view(col)
+    low = bits.min()
+    width = max(1, (int(bits.max() - low).bit_length() + 7) // 8)
+    if width >= col.dtype.itemsize:
+        return None
+    rest = (bits - low).astype("<u8")
+    packed = rest.view(np.uint8).reshape(len(col), 8)[:, :width].copy()
+    return ("offset", int(low), width, packed.reshape(-1))
+
+
+def _from_offset(enc: tuple[Any, ...], n: int, dtype: np.dtype[Any]) -> NDArray[Any]:
+    _, low, width, packed = enc
+    rest = np.zeros((n, 8), dtype=np.uint8)
+    rest[:, :width] = np.asarray(packed, dtype=np.uint8).reshape(n, width)
+    bits = rest.view("<u8").reshape(n) + np.uint64(low)
+    out: NDArray[Any] = bits.astype(f"u{dtype.itemsize}").view(dtype)
+    return out
+
+
 def _unpack(
     enc: tuple[Any, ...],
     n: int,
@@ -456,6 +498,8 @@ def _unpack(
     dtype, default = spec
     if enc[0] == "full":
         out: NDArray[Any] = np.asarray(enc[1]).astype(dtype)
+    elif enc[0] == "offset":
+        out = _from_offset(enc, n, dtype)
     elif enc[0] == "like":
         _, base, bits, values = enc
         if base[0] == "default":

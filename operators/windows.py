@@ -365,8 +365,11 @@ class Ewma:
         self.windows = windows
         self.alpha = float(alpha)
         # "sum": the unnormalised EWMA sum_i alpha (1 - alpha)**(last - w_i) x_i after window "last"
+        # no last-seen column: "last" says when an entity was last seen (evict)
         self.table = EntityTable(
-            {"sum": (np.float64, 0.0), "first": (np.int64, 0), "last": (np.int64, 0)}, idle_ttl
+            {"sum": (np.float64, 0.0), "first": (np.int64, 0), "last": (np.int64, 0)},
+            idle_ttl,
+            last_seen=False,
         )
 
     @staticmethod
@@ -399,7 +402,7 @@ class Ewma:
         total, hist = self._state(keys, window_id)
         norm = 1.0 - (1.0 - self.alpha) ** hist.astype(np.float64)
         step = EwmaStep(np.where(hist > 0, total / np.where(hist > 0, norm, 1.0), 0.0), hist)
-        rows = self.table.rows(keys, np.full(len(keys), float(self.windows.end(window_id))))
+        rows = self.table.rows(keys)
         a = self.alpha
         self.table["sum"][rows] = (1 - a) * total + a * np.asarray(values, dtype=np.float64)
         self.table["first"][rows] = window_id - hist
@@ -408,6 +411,7 @@ class Ewma:
 
     def evict(self, watermark: float) -> int:
         """Drop entities that will start afresh anyway (see the class docstring)."""
-        if not math.isfinite(watermark):
+        if not math.isfinite(watermark) or not len(self.table):
             return 0
-        return self.table.evict(watermark - self.windows.length)
+        table = self.table
+        return table.drop(self.windows.end(table["last"]) < watermark - self.windows.length - table.idle_ttl)
