@@ -251,11 +251,13 @@ class Bench:
         for p in empties:
             Path(p).write_text("")
 
-        dbs: dict[str, Path] = {}  # the latest database of each setup
+        dbs: dict[str, Path] = {}  # the latest database of each setup's measured (non-empty) runs
 
         def one(ps: list[str]) -> Any:
             def make() -> list[list[str]]:
-                db = dbs["one"] = self.fresh("s.db")
+                db = self.fresh("s.db")
+                if ps is paths:
+                    dbs["one"] = db
                 return [_bx(f"bench._measure:files_flow({ps!r}, {str(db)!r}, {self.batch})")]
 
             return make
@@ -264,7 +266,9 @@ class Bench:
             def make() -> list[list[str]]:
                 ports = [_free_port(), _free_port()]
                 addrs = ";".join(f"127.0.0.1:{p}" for p in ports)
-                db = dbs["two"] = self.fresh("s.db")
+                db = self.fresh("s.db")
+                if ps is paths:
+                    dbs["two"] = db
                 return [
                     _bx(
                         f"bench._measure:files_flow({ps!r}, {str(db)!r}, {self.batch})",
@@ -284,6 +288,9 @@ class Bench:
         r["g_2_processes"] = self.timed(two(paths), n, self.startup(two(empties)))
         # The flows' own clock (first batch at the summary step to end of input): the start-up
         # of a 2-process cluster varies by ~1 s (connection retries), too much to subtract.
+        for k in ("g_1_process", "g_2_processes"):
+            if "summary_events_s" not in r[k]:
+                raise RuntimeError(f"{k}: the flow printed no 'events/s' summary line")
         one_s, two_s = (r[k]["summary_events_s"]["median"] for k in ("g_1_process", "g_2_processes"))
         r["g_speedup"] = two_s / one_s
         # What was found must not depend on the number of processes.

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from connectors.events import EventBatch, Sample
 from operators.runtime import Detector, Output, event_clock
 from operators.windows import group_rows
-from sketches.hashing import check_seed, fmix64, hash64, hash64_many
+from sketches.hashing import check_seed, fmix64, hash64, hash64_many, hash_codes
 
 __all__ = ["FLOW_SAMPLING", "TRANSFORMS", "StratumSpec", "WindowSampler", "sampler_for"]
 
@@ -376,33 +376,8 @@ def _partition(batch: EventBatch) -> str:
 
 def _codes(strata: NDArray[Any]) -> NDArray[np.intp]:
     """Equal strata get equal int codes: by 64-bit hash (fast, checked), else by sorting."""
-    try:
-        hashes = hash64_many(strata, 0)
-    except (TypeError, OverflowError, ValueError):
-        return _sorted_codes(strata)
-    codes = _dense_codes(hashes)
-    member = np.empty(int(codes.max(initial=-1)) + 1, dtype=np.intp)
-    member[codes] = np.arange(len(codes))  # some member of each code, whichever
-    if not bool((strata[member][codes] == strata).all()):  # a hash collision
-        return _sorted_codes(strata)
-    return codes
-
-
-_FEW_DISTINCT: Final = 16
-"""Up to this many distinct values, a comparison pass per value beats sorting with an index."""
-
-
-def _dense_codes(values: NDArray[np.uint64]) -> NDArray[np.intp]:
-    """Codes ``0..`` of the distinct values, in value order (``np.unique``'s inverse)."""
-    ordered = np.sort(values)  # no index: far faster than the argsort np.unique uses
-    above_min = ordered[np.flatnonzero(ordered[1:] != ordered[:-1]) + 1]  # the other distinct values
-    if len(above_min) >= _FEW_DISTINCT:
-        inverse: NDArray[np.intp] = np.unique(values, return_inverse=True)[1].reshape(-1)
-        return inverse
-    codes = np.zeros(len(values), dtype=np.intp)
-    for code, value in enumerate(above_min, 1):
-        codes += (values == value) * code
-    return codes
+    grouped = hash_codes(strata)
+    return _sorted_codes(strata) if grouped is None else grouped[0]
 
 
 def _sorted_codes(strata: NDArray[Any]) -> NDArray[np.intp]:

@@ -142,3 +142,40 @@ def test_probe_indices_agree_with_the_scalar_path_and_flat_layout(m: int) -> Non
         assert idx[i].tolist() == probe_indices_one(int(hashes[i]), 4, m)
     flat = probe_indices(hashes, 4, m, flat=True)
     assert (flat == idx + np.arange(4, dtype=np.uint64) * np.uint64(m)).all()
+
+
+# -- hash_codes: groups of equal values by hash, as np.unique of the hashes ----------------------
+
+
+@pytest.mark.parametrize("distinct", [0, 1, 2, 15, 16, 17, 40, 5000])
+def test_hash_codes_are_np_unique_of_the_hashes(distinct: int) -> None:
+    rng = np.random.default_rng(distinct)
+    values = np.array(
+        [f"v{i}" for i in rng.integers(0, max(distinct, 1), 3000 if distinct else 0)], dtype=object
+    )
+    _, first, inverse = np.unique(hash64_many(values, 0), return_index=True, return_inverse=True)
+    grouped = hashing.hash_codes(values)
+    assert grouped is not None
+    codes, got_first = grouped
+    assert codes.dtype == np.int64 and got_first.dtype == np.intp
+    assert codes.tolist() == inverse.reshape(-1).tolist()
+    assert got_first.tolist() == first.tolist()
+
+
+@given(st.lists(st.integers(0, 40), max_size=300))
+def test_unique_codes_equal_np_unique(ranks: list[int]) -> None:
+    # few and many distinct values (the two paths), spread over all 64 bits
+    values = hashing.fmix64(np.array(ranks, dtype=np.uint64))
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    codes, got_first = hashing._unique_codes(values)
+    assert codes.tolist() == inverse.reshape(-1).tolist()
+    assert got_first.tolist() == first.tolist()
+
+
+def test_hash_codes_refuse_collisions_and_unhashable_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert hashing.hash_codes(np.array(["a", 1.5], dtype=object)) is None
+    assert hashing.hash_codes(np.array([2**64], dtype=object)) is None
+    monkeypatch.setattr(hashing, "hash64_many", lambda values, seed: np.zeros(len(values), dtype=np.uint64))
+    assert hashing.hash_codes(np.array(["x", "y"], dtype=object)) is None
+    grouped = hashing.hash_codes(np.array(["x", "x"], dtype=object))
+    assert grouped is not None and [a.tolist() for a in grouped] == [[0, 0], [0]]

@@ -17,7 +17,7 @@ from operators.alerts import Alert
 from operators.detectors.decayed import DecayedMeanDetector
 from operators.runtime import Detector, Output, PartitionClock, _DetectorLogic
 from operators.sampling import FLOW_SAMPLING, StratumSpec, WindowSampler, sampler_for
-from sketches import DecayingAggregate
+from sketches import DecayingAggregate, hashing
 from sketches.hashing import fmix64, hash64
 
 T0 = 1767225600.0
@@ -467,6 +467,14 @@ def test_stratum_codes_group_by_equality(distinct: int) -> None:
 
 
 def test_stratum_codes_survive_hash_collisions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sampling, "hash64_many", lambda values, seed: np.zeros(len(values), dtype=np.uint64))
+    calls: list[int] = []
+
+    def colliding(values: Any, seed: int) -> np.ndarray[Any, np.dtype[np.uint64]]:
+        calls.append(len(values))
+        return np.zeros(len(values), dtype=np.uint64)
+
+    # strata are grouped by sketches.hashing.hash_codes, which looks hash64_many up there
+    monkeypatch.setattr(hashing, "hash64_many", colliding)
     strata = np.array(["b", "a", "b", "c"], dtype=object)
-    assert sampling._codes(strata).tolist() == [1, 0, 1, 2]
+    assert sampling._codes(strata).tolist() == [1, 0, 1, 2]  # the sorted fallback's codes
+    assert calls == [4]  # the hash path ran, and its collision was caught
