@@ -365,14 +365,7 @@ class AgingBloomFilter(Sketch):
             If a timestamp or clock is NaN or infinite, ``ts`` or ``clock`` has the wrong
             shape, or ``clock`` decreases.
         """
-        hashes = hash64_many(items, self._seed)
-        if not len(hashes):
-            self._check_empty(ts, clock)
-            return
-        runs, self._clock, self._gen = self._schedule(ts, len(hashes), clock)
-        for start, stop, gen, clock_gen in runs:
-            probe_hashes(self._filter(gen, clock_gen), hashes[start:stop], self._k, self._m, SET)
-        self._retain()
+        self._apply(hash64_many(items, self._seed), ts, clock, SET)
 
     def check_and_add(self, item: Item, ts: float, clock: float | None = None) -> bool:
         """Report whether ``item`` was (probably) seen within the TTL, then add it at ``ts``.
@@ -481,26 +474,28 @@ class AgingBloomFilter(Sketch):
         """
         if not isinstance(hashes, np.ndarray) or hashes.dtype != np.uint64:
             raise ValueError("hashes must be a numpy uint64 array from sketches.hashing.hash64_many")
-        hashes = hashes.reshape(-1)
+        return self._apply(hashes.reshape(-1), ts, clock, CHECK_AND_SET)
+
+    def _apply(
+        self, hashes: NDArray[np.uint64], ts: TimeStamps, clock: TimeStamps | None, mode: int
+    ) -> NDArray[np.bool_]:
+        """Insert a batch run by run (``mode`` is ``SET`` or ``CHECK_AND_SET``); return the
+        answers, empty for ``SET``."""
         n = len(hashes)
         if not n:
             self._check_empty(ts, clock)
             return np.zeros(0, dtype=np.bool_)
         runs, self._clock, self._gen = self._schedule(ts, n, clock)
-        k, m, gens = self._k, self._m, self._gens
-        if len(runs) == 1:
-            _, _, gen, clock_gen = runs[0]
-            out = probe_hashes(self._filter(gen, clock_gen), hashes, k, m, CHECK_AND_SET, gens.get(gen - 1))
-            self._check_ahead(hashes, gen, out)
-        else:
-            out = np.zeros(n, dtype=np.bool_)
-            for start, stop, gen, clock_gen in runs:
-                words = self._filter(gen, clock_gen)
-                out[start:stop] = probe_hashes(
-                    words, hashes[start:stop], k, m, CHECK_AND_SET, gens.get(gen - 1)
-                )
-                self._check_ahead(hashes[start:stop], gen, out[start:stop])
-        self._retain()
+        out = np.zeros(0 if mode == SET else n, dtype=np.bool_)
+        # No _retain() needed: the last run's clock generation is the new clock's, so its
+        # _filter call already dropped what _retain would, and nothing older is created.
+        for start, stop, gen, clock_gen in runs:
+            part, words = hashes[start:stop], self._filter(gen, clock_gen)
+            if mode == SET:
+                probe_hashes(words, part, self._k, self._m, SET)
+            else:
+                out[start:stop] = probe_hashes(words, part, self._k, self._m, mode, self._gens.get(gen - 1))
+                self._check_ahead(part, gen, out[start:stop])
         return out
 
     def _check_ahead(self, hashes: NDArray[np.uint64], gen: int, out: NDArray[np.bool_]) -> None:
@@ -587,14 +582,16 @@ class AgingBloomFilter(Sketch):
             cuts = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist(), len(ordered)]
             groups = [(int(ordered[a]), order[a:b]) for a, b in itertools.pairwise(cuts)]
         for gen, where in groups:
+            part = hashes[where]
             cur, prev = self._gens.get(gen), self._gens.get(gen - 1)
             if cur is None:
                 cur, prev = prev, None
-            if cur is not None:
-                out[where] = probe_hashes(cur, hashes[where], self._k, self._m, TEST, prev)
-            ahead = self._gens.get(gen + 1)  # see _check_ahead
-            if ahead is not None:
-                out[where] |= probe_hashes(ahead, hashes[where], self._k, self._m, TEST)
+            if cur is None:
+                found = np.zeros(len(part), dtype=np.bool_)
+            else:
+                found = probe_hashes(cur, part, self._k, self._m, TEST, prev)
+            self._check_ahead(part, gen, found)
+            out[where] = found  # ``where`` may be an index array: out[where] is then a copy
         return out
 
     # -- merge and bytes --------------------------------------------------------------------
