@@ -234,6 +234,56 @@ class EntityTable:
                 pos[missing] = np.where(tail >= 0, self._tail_rows[np.maximum(tail, 0)], -1)
         return pos
 
+    def lookup(
+        self, keys: NDArray[np.uint64], defaults: Mapping[str, Any]
+    ) -> tuple[NDArray[np.intp], NDArray[np.intp], dict[str, NDArray[Any]]]:
+        """A sparse table's view of ``keys`` (never inserts): the indices of the keys that have a
+        row, their rows, and for each column of ``defaults`` its value per key (``defaults[name]``,
+        a scalar or one value per key, for the keys without a row). See :meth:`store`.
+
+        >>> t = EntityTable({"n": (np.int64, 0)}, idle_ttl=1.0)
+        >>> rows = t.rows(np.array([5], dtype=np.uint64))
+        >>> t["n"][rows] = 3
+        >>> keys = np.array([4, 5, 6], dtype=np.uint64)
+        >>> had, rows, values = t.lookup(keys, {"n": -1})
+        >>> had.tolist(), values["n"].tolist()
+        ([1], [-1, 3, -1])
+        >>> values["n"][0] = 7  # 4 now differs from what a missing row stands for; 6 does not
+        >>> t.store(keys, values, had, rows, keep=values["n"] != -1)
+        >>> t.keys.tolist(), t["n"].tolist()
+        ([4, 5], [7, 3])
+        """
+        rows = self.find(keys)
+        had = np.flatnonzero(rows >= 0)
+        rows = rows[had]
+        values: dict[str, NDArray[Any]] = {}
+        for name, default in defaults.items():
+            col = self[name]
+            values[name] = np.empty(len(keys), dtype=col.dtype)
+            values[name][...] = default
+            values[name][had] = col[rows]
+        return had, rows, values
+
+    def store(
+        self,
+        keys: NDArray[np.uint64],
+        values: Mapping[str, NDArray[Any]],
+        had: NDArray[np.intp],
+        rows: NDArray[np.intp],
+        keep: NDArray[np.bool_],
+    ) -> None:
+        """Write ``values`` (per column, one per key) back after :meth:`lookup` gave ``had`` and
+        ``rows``: to the keys that had a row, whatever their values now, and to new rows for the
+        other keys where ``keep`` (the rest stay without a row: a sparse table holds only the
+        entities whose state differs from what a missing row stands for)."""
+        new = keep.copy()
+        new[had] = False
+        for sel, at in ((had, rows), (np.flatnonzero(new), None)):
+            if len(sel):
+                at = self.rows(keys[sel]) if at is None else at  # existing rows first: inserts renumber
+                for name, column in values.items():
+                    self[name][at] = column[sel]
+
     def _append(self, new_keys: NDArray[np.uint64]) -> bool:
         """Add sorted distinct keys not in the table, with the columns' defaults: to the tail,
         or, when the tail would outgrow 1/16 of the table, merged with it into the sorted

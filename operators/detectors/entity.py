@@ -531,26 +531,6 @@ class OutlierDetector(Detector):
         prev_ts = self.table["prev_ts"][np.where(gone, 0, rows)] if len(self.table) else hist["ref"]
         hist.drop(gone | _single_event(hist["weight"], hist["m2"], hist["ref"], prev_ts, hist["count"]))
 
-    def _stored(
-        self, keys: KeyArray, prev_ts: FloatArray
-    ) -> tuple[IntArray, IntArray, FloatArray, FloatArray, FloatArray, NDArray[Any]]:
-        """Per entity (``keys``): the ones with a history row (indices into ``keys``) and their
-        rows, then everyone's weight, m2, reference time and count (the single-event state
-        ``1.0, 0.0, prev_ts, 1`` without a history row)."""
-        hist = self.history
-        hrows = hist.find(keys)
-        found = np.flatnonzero(hrows >= 0)
-        hrows = hrows[found]
-        weight = np.ones(len(keys))
-        weight[found] = hist["weight"][hrows]
-        m2 = np.zeros(len(keys))
-        m2[found] = hist["m2"][hrows]
-        ref = prev_ts.copy()
-        ref[found] = hist["ref"][hrows]
-        count = np.ones(len(keys), dtype=hist["count"].dtype)
-        count[found] = hist["count"][hrows]
-        return found, hrows, weight, m2, ref, count
-
     def _process(self, batch: EventBatch, lv: FloatArray, ts: FloatArray, out: list[Output]) -> None:
         n = len(ts)
         if n == 0:
@@ -571,7 +551,11 @@ class OutlierDetector(Detector):
         stored_ts = table["prev_ts"][rows_g]
         prev = _previous(sts, g, stored_ts)
         reset = prev < clock - self.idle_ttl
-        in_history, hist_rows, st_weight, st_m2, st_ref, st_count = self._stored(keys, stored_ts)
+        # without a history row: the single-event state 1.0, 0.0, prev_ts, 1
+        in_history, hist_rows, st = self.history.lookup(
+            keys, {"weight": 1.0, "m2": 0.0, "ref": stored_ts, "count": 1}
+        )
+        st_weight, st_m2, st_ref, st_count = st["weight"], st["m2"], st["ref"], st["count"]
 
         # segments: runs of an entity's events sharing one history (a reset starts a new one)
         seg_start = g.first | reset
@@ -616,15 +600,10 @@ class OutlierDetector(Detector):
         hist = self.history
         if new_count.max() > np.iinfo(hist["count"].dtype).max:
             hist.widen("count", np.int64)
-        new = ~_single_event(t0, new_m2, new_ref, new_ts, new_count)
-        new[in_history] = False
-        for sel, hrows in ((in_history, hist_rows), (np.flatnonzero(new), None)):
-            if len(sel):
-                hrows = hist.rows(keys[sel]) if hrows is None else hrows  # (existing rows first)
-                hist["weight"][hrows] = t0[sel]
-                hist["m2"][hrows] = new_m2[sel]
-                hist["ref"][hrows] = new_ref[sel]
-                hist["count"][hrows] = new_count[sel]
+        values = {"weight": t0, "m2": new_m2, "ref": new_ref, "count": new_count}
+        hist.store(
+            keys, values, in_history, hist_rows, ~_single_event(t0, new_m2, new_ref, new_ts, new_count)
+        )
 
         # decisions
         candidate = (prior >= self.min_history) & (s0 > 0)
@@ -787,12 +766,10 @@ class _DGIMDetector(Detector):
         reset = prev < clock - self.idle_ttl
         bits = self._bits(batch, g, sts, np.where(reset, -np.inf, prev))
         levels = DGIMTable.levels_for(self.last_n)
-        hot_rows = hot.find(keys)  # -1: a cold entity (empty DGIM, no alert)
-        was_hot = np.flatnonzero(hot_rows >= 0)
-        hot_rows = hot_rows[was_hot]
-        masks = np.zeros((len(keys), levels), dtype=np.uint64)
-        for j in range(levels):
-            masks[was_hot, j] = hot[f"m{j}"][hot_rows]
+        # a cold entity (no row in hot): an empty DGIM, no alert
+        mask_names = [f"m{j}" for j in range(levels)]
+        was_hot, hot_rows, stored = hot.lookup(keys, {"last_alert": -np.inf, **dict.fromkeys(mask_names, 0)})
+        masks = np.stack([stored[m] for m in mask_names], axis=1).astype(np.uint64)
         dgims = DGIMTable(self.last_n, self.r, masks=masks)
         est, lo, hi = dgims.add(g.gid, bits, reset)
         last_ts = sts[g.ends - 1]
@@ -800,8 +777,7 @@ class _DGIMDetector(Detector):
 
         # Cooldown, in input order per entity, over the 1-bit events whose estimate is high enough;
         # a reset (at or before an event) forgets the entity's last alert.
-        last_alert = np.full(len(keys), -np.inf)
-        last_alert[was_hot] = hot["last_alert"][hot_rows]
+        last_alert = stored["last_alert"]
         idx = np.arange(len(sts))
         last_reset = np.maximum.accumulate(np.where(reset, idx, -1))
         alert_at = g.starts - 1  # per entity: sorted index of its last alert (start - 1: earlier)
@@ -832,15 +808,9 @@ class _DGIMDetector(Detector):
         any_bucket = new_masks[:, 0].copy()
         for j in range(1, levels):
             any_bucket |= new_masks[:, j]
-        new = (any_bucket != 0) | (last_alert != -np.inf)
-        new[was_hot] = False
-        for sel, hr in ((was_hot, hot_rows), (np.flatnonzero(new), None)):
-            if len(sel):
-                hr = hot.rows(keys[sel]) if hr is None else hr  # (existing rows first)
-                for j in range(levels):
-                    hot[f"m{j}"][hr] = new_masks[sel, j]
-                hot["last_alert"][hr] = last_alert[sel]
-                hot["prev_ts"][hr] = last_ts[sel]
+        values: dict[str, NDArray[Any]] = {m: new_masks[:, j] for j, m in enumerate(mask_names)}
+        values.update(last_alert=last_alert, prev_ts=last_ts)
+        hot.store(keys, values, was_hot, hot_rows, (any_bucket != 0) | (last_alert != -np.inf))
         if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
             self._swept = self._clock
             table.evict(self._clock)
