@@ -256,25 +256,22 @@ def _parse_jsonl(
         low, high = _bounds(f)
         with np.errstate(invalid="ignore"):
             good &= (num >= low) & (num <= high)  # rows out of range: Python words the reason
-    if good.all():
-        return EventBatch(schema.flow, np.arange(first, first + n, dtype=np.int64), columns), []
-    keep = np.flatnonzero(good)
+    if not good.any():  # nothing for the fast path (e.g. non-ASCII text): no rows to map back
+        return _parse_jsonl_python(schema, lines, first, source)
     rest = np.flatnonzero(~good)
-    fast = (
-        EventBatch(schema.flow, keep + first, {k: v[keep] for k, v in columns.items()}) if len(keep) else None
-    )
     slow, dead = _parse_jsonl_python(schema, [lines[i] for i in rest.tolist()], 0, source)
     dead = [replace(d, position=first + int(rest[d.position])) for d in dead]
-    if slow is not None:
-        slow.positions = rest[slow.positions] + first
-    parts = [b for b in (fast, slow) if b is not None]
-    if len(parts) < 2:
-        return (parts[0] if parts else None), dead
-    merged = EventBatch.concat(parts)
-    order = np.argsort(merged.positions, kind="stable")
-    return EventBatch(
-        schema.flow, merged.positions[order], {k: v[order] for k, v in merged.columns.items()}
-    ), dead
+    if slow is not None:  # the slow rows' events go to their rows of the fast path's columns
+        rows = rest[slow.positions]
+        for name, col in slow.columns.items():
+            columns[name][rows] = col
+        good[rows] = True
+    if good.all():
+        return EventBatch(schema.flow, np.arange(first, first + n, dtype=np.int64), columns), dead
+    keep = np.flatnonzero(good)
+    if not len(keep):
+        return None, dead
+    return EventBatch(schema.flow, keep + first, {k: v[keep] for k, v in columns.items()}), dead
 
 
 _SCAN_KINDS: Final = {"str": "s", "float": "f", "int": "i", "ts": "t"}
@@ -286,14 +283,21 @@ def _timestamps_from_text(
     """Read the fast path's text timestamps into ``out``; rows that fail leave ``good``."""
     cache: dict[str, tuple[Any, str]] = {}
     for row, text in texts:
-        hit = cache.get(text)
-        if hit is None:
-            hit = cache[text] = _check_ts(f, text, False)
-        value, reason = hit
+        value, reason = cache.get(text) or _check_ts_text(f, text, cache)
         if reason:
             good[row] = False
         else:
             out[row] = value
+
+
+def _check_ts_text(f: Field, text: str, cache: dict[str, tuple[Any, str]]) -> tuple[Any, str]:
+    """``_check_ts(f, text)``, kept in ``cache``: text timestamps repeat and parse slowly.
+
+    Callers look ``cache`` up first, so that a hit costs no call:
+    ``cache.get(text) or _check_ts_text(f, text, cache)`` (a result is a non-empty tuple).
+    """
+    hit = cache[text] = _check_ts(f, text, False)
+    return hit
 
 
 def _parse_jsonl_python(
@@ -828,7 +832,7 @@ def _column_slow(f: Field, values: Sequence[Any], text: bool) -> tuple[NDArray[A
     out: list[Any] = []
     errs: dict[int, str] = {}
     placeholder = {"str": "", "float": math.nan, "ts": math.nan, "int": 0}[f.kind]
-    cache: dict[Any, tuple[Any, str]] = {}
+    cache: dict[str, tuple[Any, str]] = {}
     for row, v in enumerate(values):
         if v is _MISSING or v is None or (text and v == "" and f.kind != "str"):
             if f.required:
@@ -838,10 +842,7 @@ def _column_slow(f: Field, values: Sequence[Any], text: bool) -> tuple[NDArray[A
                 out.append(placeholder)
             continue
         if f.kind == "ts" and type(v) is str:
-            hit = cache.get(v)
-            if hit is None:
-                hit = cache[v] = check(f, v, text)
-            value, reason = hit
+            value, reason = cache.get(v) or _check_ts_text(f, v, cache)
         else:
             value, reason = check(f, v, text)
         if reason:
