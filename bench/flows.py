@@ -192,10 +192,17 @@ class Bench:
             "per_step_bytes": {s.step_id.rsplit(".", 1)[-1]: s.total_bytes for s in rep.steps},
         }
 
-    def generated(self, cards: int, merchants: int = 0, preload: bool = True, recovery: bool = False) -> Any:
+    def generated(
+        self,
+        cards: int,
+        merchants: int = 0,
+        preload: bool = True,
+        recovery: bool = False,
+        events: int | None = None,
+    ) -> Any:
         def make() -> list[list[str]]:
             db = str(self.fresh("g.db"))
-            args = f"{self.n}, {db!r}, {cards}, {merchants}, {preload}, {self.batch}"
+            args = f"{events or self.n}, {db!r}, {cards}, {merchants}, {preload}, {self.batch}"
             t = f"bench._measure:generated_flow({args})"
             return [_bx(t, *(self.store() if recovery else []))]
 
@@ -229,6 +236,22 @@ class Bench:
         card_step = next(k for k in steps if "outlier" in k or "velocity" in k)
         res["state_bytes_per_card"] = steps[card_step] / res["active_cards"]
         self.results["d_memory"] = res
+
+    def snapshots_at_scale(self, cards: int, merchants: int) -> None:
+        """f at d's scale: 1-second snapshots with ``cards`` and ``merchants`` tracked, pre-parsed
+        batches (summary rates; 3N events, so that several snapshots fall inside the run)."""
+        n = 3 * self.n
+        off = self.timed(self.generated(cards, merchants, events=n), n, 0.0)
+        on = self.timed(self.generated(cards, merchants, recovery=True, events=n), n, 0.0)
+        rate_off, rate_on = (x["summary_events_s"]["median"] for x in (off, on))
+        self.results["f_at_scale"] = {
+            "cards": cards,
+            "merchants": merchants,
+            "events": n,
+            "no_recovery": off,
+            "recovery": on,
+            "cost": 1 - rate_on / rate_off,
+        }
 
     def latency(self, events: int) -> None:
         """e: in one subprocess (the paced source and the sink share a clock)."""
@@ -416,6 +439,17 @@ def report(r: dict[str, Any]) -> str:
             f"{snap['epochs']} epochs",
         )
     )
+    if "f_at_scale" in r:
+        fs = r["f_at_scale"]
+        rows.append(
+            (
+                f"f same at {fs['cards']:,} cards / {fs['merchants']:,} merchants",
+                f"{fs['cost']:.0%}",
+                _fmt(fs["recovery"]["summary_events_s"], m, "M/s")
+                + " vs "
+                + _fmt(fs["no_recovery"]["summary_events_s"], m, "M/s"),
+            )
+        )
     if "g_speedup" in r:
         for key, label in (("g_1_process", "g 1 process"), ("g_2_processes", "g 2 processes")):
             g = r[key]
@@ -488,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             ("a/f file flows", bench.file_flows),
             ("b/c pre-parsed", lambda: bench.preparsed(sweep)),
             ("d memory", lambda: bench.memory(1_000_000, 100_000)),
+            ("f at scale", lambda: bench.snapshots_at_scale(1_000_000, 100_000)),
             ("e latency", lambda: bench.latency(min(events, 500_000))),
             ("g scale-out", bench.scaleout),
             ("h kafka", lambda: bench.kafka(min(events, 1_000_000))),
