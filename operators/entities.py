@@ -12,12 +12,14 @@ and merged into them once the tail outgrows 1/16 of the table, so inserting is a
 O(1) per key instead of a rebuild of every column per batch (which made small batches slow
 at a million entities). A merge leaves the columns room for the next tail (1/16 spare) and
 rebuilds them one at a time, so its transient memory is one column, not the table; evicting
-rows rebuilds them at their exact length. A table whose rows already hold each entity's latest event
-time can name that column its ``clock`` instead of keeping a separate last-seen column.
-A pickled table stores each column in the smallest of a few exact encodings (integers in
-the narrowest dtype that holds them; columns mostly equal to their default or to another
-column as a bitmap of the rows that differ plus their values), so a snapshot is often much
-smaller than the live table; unpickling restores every value bit for bit.
+rows rebuilds them at their exact length (plus that room, if a tail was merged). A table whose
+rows already hold each entity's latest event time can name that column its ``clock`` instead of
+keeping a separate last-seen column. A pickled table stores each column in the smallest of a
+few exact encodings (integers in the narrowest dtype that holds them; close values as offsets
+in fewer bytes; columns mostly equal to their default or to another column, possibly of a table
+pickled before it by :func:`dumps_tables`, as a bitmap of the rows that differ plus their
+values), so a snapshot is often much smaller than the live table; unpickling restores every
+value bit for bit.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ __all__ = ["EntityTable", "dumps_tables"]
 _LAST_SEEN: Final = "\x00last_seen"
 """Internal column name of the last-seen times of a table without a ``clock`` column."""
 
-_STATE_VERSION: Final = 2
+_STATE_VERSION: Final = 3
+"""3: columns may be offsets or differences from another table's (dumps_tables); 2 had neither."""
 
 
 class EntityTable:
@@ -411,7 +414,7 @@ class EntityTable:
     def _set_state(self, state: dict[str, Any], peer_table: EntityTable | None) -> None:
         self.idle_ttl = state["idle_ttl"]
         self._spec = {k: (np.dtype(d), v) for k, (d, v) in state["spec"].items()}
-        if state.get("version") != _STATE_VERSION:
+        if state.get("version") not in (2, _STATE_VERSION):
             self._setstate_v1(state)
             return
         self._clock = state["clock"]

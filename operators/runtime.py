@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -248,11 +249,12 @@ class PartitionClock:
 
 class _Snapshot:
     """A shard's state (detector and clock) at the end of an epoch, pickled only when Bytewax
-    pickles this (its snapshot step, which comes right after): the state is not held twice,
-    pickled twice, or pickled at all without recovery. If the logic is about to change the
-    state before that, it calls :meth:`freeze` first, which pickles the state as it still is."""
+    pickles this (its snapshot step, which comes right after): the state is not held twice or
+    pickled twice. If the logic is about to change the state while Bytewax still holds this,
+    it calls :meth:`freeze` first, which pickles the state as it still is. The logic holds it
+    weakly: without recovery Bytewax drops it unpickled, and then it is never pickled at all."""
 
-    __slots__ = ("_frozen", "_logic")
+    __slots__ = ("__weakref__", "_frozen", "_logic")
 
     def __init__(self, logic: _DetectorLogic) -> None:
         self._logic: _DetectorLogic | None = logic
@@ -262,7 +264,7 @@ class _Snapshot:
         """Pickle the state now (the logic lets go of this snapshot)."""
         logic, self._logic = self._logic, None
         if logic is not None:
-            if logic.pending is self:
+            if logic.pending is not None and logic.pending() is self:
                 logic.pending = None
             self._frozen = logic.dumps()
 
@@ -275,11 +277,14 @@ class _DetectorLogic(StatefulBatchLogic[EventBatch, Output, _Snapshot]):
     def __init__(self, detector: Detector, clock: PartitionClock) -> None:
         self.detector = detector
         self.clock = clock
-        self.pending: _Snapshot | None = None  # the latest snapshot, until pickled or frozen
+        # the latest snapshot while Bytewax holds it, until pickled or frozen
+        self.pending: weakref.ref[_Snapshot] | None = None
 
     def _changing(self) -> None:
-        if self.pending is not None:
-            self.pending.freeze()
+        snapshot = self.pending() if self.pending is not None else None
+        self.pending = None
+        if snapshot is not None:
+            snapshot.freeze()
 
     def dumps(self) -> bytes:
         """The pickled ``(detector, clock)``, what a resumed shard is built from."""
@@ -303,8 +308,9 @@ class _DetectorLogic(StatefulBatchLogic[EventBatch, Output, _Snapshot]):
 
     def snapshot(self) -> _Snapshot:
         self._changing()
-        self.pending = _Snapshot(self)
-        return self.pending
+        snapshot = _Snapshot(self)
+        self.pending = weakref.ref(snapshot)
+        return snapshot
 
 
 def _runs_by_progress(values: list[EventBatch]) -> list[list[EventBatch]]:

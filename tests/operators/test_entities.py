@@ -378,3 +378,18 @@ def test_offset_encoded_columns_round_trip_bit_for_bit(
         rows = t.rows(np.arange(1, len(values) + 1, dtype=U64))
         t["v"][rows] = values
         assert_same_table(t, round_trip(t))
+
+
+def test_version_2_snapshots_still_load() -> None:
+    """Version 3 added encodings; a version-2 state (full and like columns only) loads as before."""
+    t = awkward_table(500, 4)
+    state = t.__getstate__()
+    n = len(t)
+    state["cols"] = {
+        name: ("full", t._cols[name][:n].copy()) if enc[0] == "offset" else enc
+        for name, enc in state["cols"].items()  # in order: "like" may name an earlier column
+    }
+    state["version"] = 2
+    back = EntityTable.__new__(EntityTable)
+    back.__setstate__(state)
+    assert_same_table(t, back)

@@ -440,7 +440,7 @@ def test_a_snapshot_is_the_state_at_its_epoch_end_however_late_it_is_pickled() -
     logic = _DetectorLogic(_Recorder("x"), PartitionClock())
     logic.on_batch([_part("a", [1.0])])
     taken = logic.snapshot()
-    assert logic.pending is taken  # nothing pickled yet
+    assert logic.pending is not None and logic.pending() is taken  # nothing pickled yet
     logic.on_batch([_part("a", [2.0])])  # changes the state: the snapshot is frozen first
     assert logic.pending is None
     detector, clock = pickle.loads(pickle.dumps(taken))
@@ -452,3 +452,15 @@ def test_a_snapshot_is_the_state_at_its_epoch_end_however_late_it_is_pickled() -
     assert pickle.dumps(later) == first
     detector, clock = pickle.loads(first)
     assert len(detector.seen) == 2 and clock.maxima == {"a": 2.0}
+
+
+def test_a_snapshot_nobody_holds_is_never_pickled() -> None:
+    """Without recovery Bytewax drops each snapshot unpickled: the state is not pickled either."""
+    logic = _DetectorLogic(_Recorder("x"), PartitionClock())
+    pickled: list[int] = []
+    logic.dumps = lambda: pickled.append(1) or b""  # type: ignore[method-assign]
+    logic.on_batch([_part("a", [1.0])])
+    logic.snapshot()  # dropped at once
+    logic.on_batch([_part("a", [2.0])])
+    logic.on_eof()
+    assert pickled == []
