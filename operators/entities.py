@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -484,7 +484,7 @@ def _pack(
     default: Any,
     cols: Mapping[str, NDArray[Any]],
     done: Mapping[str, Any],
-    extra: list[tuple[tuple[Any, ...], NDArray[Any]]] = [],  # noqa: B006 (never modified)
+    extra: Sequence[tuple[tuple[Any, ...], NDArray[Any]]] = (),
 ) -> tuple[Any, ...]:
     """The smallest exact encoding of ``col`` (``done``: columns encoded before it; ``extra``:
     more bases, as ``(tag, array)``)."""
@@ -503,7 +503,7 @@ def _pack(
         if not any(b.shape == (1,) and _bits_view(b)[0] == view[i] for _, b in bases):
             bases.append((("value", col[i : i + 1].copy()), col[i : i + 1]))
     bases += [(("column", name), cols[name]) for name in done if cols[name].dtype == col.dtype]
-    bases += extra
+    bases += list(extra)
     least = 1 if col.dtype.kind in "iu" else col.dtype.itemsize  # bytes per value at best
     for base, arr in bases:
         differs = view != _bits_view(arr)
