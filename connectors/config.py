@@ -32,7 +32,7 @@ Variables
     in [1, 10000000]. Large batches amortise the per-shard work of every detector (1M fraud
     events, pre-parsed: ~470k events/s at 10,000, ~1M at 100,000); small ones lower the latency
     from arrival to alert on a live Kafka topic (set e.g. 1000 there) and the memory in flight
-    (1M cards and 100k merchants tracked: peak RSS ~227 MiB at 100,000, ~198 MiB at 20,000).
+    (1M cards and 100k merchants tracked: peak RSS ~228 MiB at 100,000, ~196 MiB at 20,000).
 ``SKETCHWATCH_SHARDS`` (default ``4``)
     Shards that hold the per-entity sketches, in [1, 4096]: use a multiple of the total number
     of workers (processes x ``-w``); shard ``s`` runs on worker ``s % workers`` for up to 8
