@@ -507,7 +507,7 @@ def _pack(
         if not any(b.shape == (1,) and _bits_view(b)[0] == view[i] for _, b in bases):
             bases.append((("value", col[i : i + 1].copy()), col[i : i + 1]))
     bases += [(("column", name), cols[name]) for name in done if cols[name].dtype == col.dtype]
-    bases += list(extra)
+    bases.extend(extra)
     least = 1 if col.dtype.kind in "iu" else col.dtype.itemsize  # bytes per value at best
     probe = min(len(col), _PROBE_ROWS)
     for base, arr in bases:
@@ -553,9 +553,9 @@ def _from_offset(enc: tuple[Any, ...], n: int, dtype: np.dtype[Any]) -> NDArray[
     _, low, _, pieces = enc
     bits = np.zeros(n, dtype=np.uint64)
     shift = 0
-    for piece in pieces:
-        bits |= np.asarray(piece).astype(np.uint64) << np.uint64(shift)
-        shift += 8 * np.asarray(piece).dtype.itemsize
+    for piece in map(np.asarray, pieces):
+        bits |= piece.astype(np.uint64) << np.uint64(shift)
+        shift += 8 * piece.dtype.itemsize
     bits += np.uint64(low)
     out: NDArray[Any] = bits.astype(f"u{dtype.itemsize}").view(dtype)
     return out

@@ -663,6 +663,14 @@ class OutlierDetector(Detector):
 # -- DGIM counters: velocity and threshold breaches ---------------------------------------------
 
 
+def _is_hot(masks: list[NDArray[Any]], last_alert: FloatArray) -> BoolArray:
+    """Entities with a bucket or an alert: the ones the DGIM detectors' ``hot`` table holds."""
+    hot: BoolArray = last_alert != -np.inf
+    for mask in masks:
+        hot |= mask != 0
+    return hot
+
+
 def _mask_dtype(window: int) -> type[np.unsignedinteger[Any]]:
     """The narrowest unsigned dtype holding a ``window``-bit DGIMTable mask (state columns)."""
     for dtype in (np.uint8, np.uint16, np.uint32):
@@ -805,20 +813,14 @@ class _DGIMDetector(Detector):
         # Write back the entities that were hot (whatever their state now) or are now; the
         # others stay out of ``hot``.
         new_masks = dgims.masks
-        any_bucket = new_masks[:, 0].copy()
-        for j in range(1, levels):
-            any_bucket |= new_masks[:, j]
         values: dict[str, NDArray[Any]] = {m: new_masks[:, j] for j, m in enumerate(mask_names)}
         values.update(last_alert=last_alert, prev_ts=last_ts)
-        hot.store(keys, values, was_hot, hot_rows, (any_bucket != 0) | (last_alert != -np.inf))
+        hot.store(keys, values, was_hot, hot_rows, _is_hot([values[m] for m in mask_names], last_alert))
         if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
             self._swept = self._clock
             table.evict(self._clock)
             hot.evict(self._clock)
-            cold = hot["last_alert"] == -np.inf
-            for j in range(levels):
-                cold &= hot[f"m{j}"] == 0
-            hot.drop(cold)
+            hot.drop(~_is_hot([hot[m] for m in mask_names], hot["last_alert"]))
         if not hits:
             return []
         return self._alerts(batch, g, sts, prev, [(i, int(est[i]), (int(lo[i]), int(hi[i]))) for i in hits])
