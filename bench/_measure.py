@@ -105,8 +105,12 @@ BATCH = int(DEFAULTS["SKETCHWATCH_BATCH"])
 """Source batch size: the flows' own default, so the benchmark measures what users run."""
 
 
-def _config(db: str, batch: int) -> Config:
-    env = {"SKETCHWATCH_SINKS": f"sqlite:///{db}", "SKETCHWATCH_BATCH": str(batch)}
+def _config(db: str, batch: int, partitioned_by: str = "") -> Config:
+    env = {
+        "SKETCHWATCH_SINKS": f"sqlite:///{db}",
+        "SKETCHWATCH_BATCH": str(batch),
+        "SKETCHWATCH_PARTITIONED_BY": partitioned_by,
+    }
     if "SKETCHWATCH_SHARDS" in os.environ:  # to compare shard counts; the default otherwise
         env["SKETCHWATCH_SHARDS"] = os.environ["SKETCHWATCH_SHARDS"]
     return Config.from_env("fraud", env)
@@ -123,10 +127,13 @@ def generated_flow(
     return _build(_config(db, batch), MemorySource(events, cards, merchants, batch, preload))
 
 
-def files_flow(paths: list[str], db: str, batch: int = BATCH, parse_ahead: bool = False) -> Dataflow:
+def files_flow(
+    paths: list[str], db: str, batch: int = BATCH, parse_ahead: bool = False, partitioned_by: str = ""
+) -> Dataflow:
     """The fraud flow on JSONL ``paths`` (one partition each), alerts into SQLite ``db``;
-    ``parse_ahead``: each file read and parsed in a helper process (``SKETCHWATCH_PARSE_AHEAD``)."""
-    return _build(_config(db, batch), MultiFileSource(paths, batch, parse_ahead))
+    ``parse_ahead``: each file read and parsed in a helper process (``SKETCHWATCH_PARSE_AHEAD``);
+    ``partitioned_by``: ``SKETCHWATCH_PARTITIONED_BY`` (the files are split by those columns)."""
+    return _build(_config(db, batch, partitioned_by), MultiFileSource(paths, batch, parse_ahead))
 
 
 # -- latency -----------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ e. alert latency at 100k events/s (paced source; per *batch*: batch emission to 
    write of its alerts; window alerts excluded).
 f. recovery cost: a without recovery; snapshot bytes per epoch.
 g. scale-out: the events in 4 JSONL files by card (4 input partitions), 2 processes vs 1,
-   compared on the flows' own summary rates (a cluster's start-up varies too much to subtract).
+   compared on the flows' own summary rates (a cluster's start-up varies too much to subtract);
+   with the keyed steps exchanging events by hash (the default) and with the card and
+   duplicate steps aligned with the partitions (``SKETCHWATCH_PARTITIONED_BY=card_id,tx_id``).
 h. Kafka (tansu, started here) -> fraud flow -> Postgres (a throwaway cluster), events/s next to
    the broker's own consume rate (a plain confluent-kafka consumer, no parsing) as the ceiling
    (``bench._kafka``).
@@ -66,6 +68,9 @@ TARGETS = {
     "scaleout": 1.6,
 }
 _RATE = re.compile(r"([\d,]+) events/s")
+SCALEOUT_MODES = {"by hash": "", "aligned": "card_id,tx_id"}
+"""g's two set-ups: ``SKETCHWATCH_PARTITIONED_BY`` for each (the files are split by card, and a
+duplicate transaction repeats its card, so both hold)."""
 LEAN_BATCH = 20_000
 """d is also measured at this SKETCHWATCH_BATCH: less data in flight, ~25 % less throughput."""
 
@@ -266,58 +271,51 @@ class Bench:
 
     def scaleout(self) -> None:
         """g: the N events in 4 files by card (as a producer keyed by card fills 4 Kafka
-        partitions: each file spans the whole time range), 1 process vs 2 (1 worker each)."""
+        partitions: each file spans the whole time range), 1 process vs 2 (1 worker each);
+        with every keyed step exchanging events by hash (the default), and with the card and
+        duplicate steps aligned with the partitions (``SKETCHWATCH_PARTITIONED_BY``)."""
         paths = [str(self.tmp / f"part{i}.jsonl") for i in range(4)]
         for i, p in enumerate(paths):
             write_jsonl(p, _partition(generator("fraud")(self.n, 7, 0, 10_000), "card_id", i, 4))
         empties = [str(self.tmp / f"empty{i}.jsonl") for i in range(4)]
         for p in empties:
             Path(p).write_text("")
+        self.results["g"] = {mode: self._scaleout(paths, empties, by) for mode, by in SCALEOUT_MODES.items()}
 
-        dbs: dict[str, Path] = {}  # the latest database of each setup's measured (non-empty) runs
+    def _scaleout(self, paths: list[str], empties: list[str], partitioned_by: str) -> dict[str, Any]:
+        dbs: dict[int, Path] = {}  # the latest database of each setup's measured (non-empty) runs
 
-        def one(ps: list[str]) -> Any:
+        def flow(ps: list[str], db: Path) -> str:
+            args = f"{ps!r}, {str(db)!r}, {self.batch}, partitioned_by={partitioned_by!r}"
+            return f"bench._measure:files_flow({args})"
+
+        def cluster(ps: list[str], processes: int) -> Any:
             def make() -> list[list[str]]:
                 db = self.fresh("s.db")
                 if ps is paths:
-                    dbs["one"] = db
-                return [_bx(f"bench._measure:files_flow({ps!r}, {str(db)!r}, {self.batch})")]
+                    dbs[processes] = db
+                if processes == 1:
+                    return [_bx(flow(ps, db))]
+                addrs = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
+                return [_bx(flow(ps, db), "-i", str(i), "-a", addrs) for i in range(processes)]
 
             return make
 
-        def two(ps: list[str]) -> Any:
-            def make() -> list[list[str]]:
-                ports = [_free_port(), _free_port()]
-                addrs = ";".join(f"127.0.0.1:{p}" for p in ports)
-                db = self.fresh("s.db")
-                if ps is paths:
-                    dbs["two"] = db
-                return [
-                    _bx(
-                        f"bench._measure:files_flow({ps!r}, {str(db)!r}, {self.batch})",
-                        "-i",
-                        str(i),
-                        "-a",
-                        addrs,
-                    )
-                    for i in range(2)
-                ]
-
-            return make
-
-        n = self.n
-        r = self.results
-        r["g_1_process"] = self.timed(one(paths), n, self.startup(one(empties)))
-        r["g_2_processes"] = self.timed(two(paths), n, self.startup(two(empties)))
-        # The flows' own clock (first batch at the summary step to end of input): the start-up
-        # of a 2-process cluster varies by ~1 s (connection retries), too much to subtract.
-        for k in ("g_1_process", "g_2_processes"):
-            if "summary_events_s" not in r[k]:
-                raise RuntimeError(f"{k}: the flow printed no 'events/s' summary line")
-        one_s, two_s = (r[k]["summary_events_s"]["median"] for k in ("g_1_process", "g_2_processes"))
-        r["g_speedup"] = two_s / one_s
+        out: dict[str, Any] = {}
+        for processes in (1, 2):
+            run = self.timed(cluster(paths, processes), self.n, self.startup(cluster(empties, processes)))
+            # The flows' own clock (first batch at the summary step to end of input): the
+            # start-up of a 2-process cluster varies by ~1 s (connection retries), too much to
+            # subtract.
+            if "summary_events_s" not in run:
+                raise RuntimeError(f"g, {processes} process(es): the flow printed no 'events/s' summary line")
+            out[f"{processes}_process"] = run
+        out["speedup"] = (
+            out["2_process"]["summary_events_s"]["median"] / out["1_process"]["summary_events_s"]["median"]
+        )
         # What was found must not depend on the number of processes.
-        r["g_outputs"] = {k: _outputs(dbs[k]) for k in ("one", "two")}
+        out["outputs"] = {processes: _outputs(db) for processes, db in dbs.items()}
+        return out
 
     def kafka(self, events: int) -> None:
         """h: tansu and Postgres started here; see ``bench._kafka``."""
@@ -450,23 +448,15 @@ def report(r: dict[str, Any]) -> str:
                 + _fmt(fs["no_recovery"]["summary_events_s"], m, "M/s"),
             )
         )
-    if "g_speedup" in r:
-        for key, label in (("g_1_process", "g 1 process"), ("g_2_processes", "g 2 processes")):
-            g = r[key]
-            rows.append((f"{label}, 4 files (summary)", _fmt(g["summary_events_s"], m, "M/s"), ""))
-        speedup = r["g_speedup"]
-        rows.append(("g speed-up", f"{speedup:.2f}x", _check(speedup >= 1.6, speedup, 1.6)))
-        outputs = r.get("g_outputs")
-        if outputs:
-            same = outputs["one"] == outputs["two"]
-            shown = ", ".join(f"{k} {v:,}" for k, v in outputs["one"].items())
-            rows.append(
-                (
-                    "g same alerts and samples, 1 vs 2",
-                    "yes" if same else "NO",
-                    shown if same else str(outputs),
-                )
-            )
+    for mode, g in r.get("g", {}).items():
+        for processes in (1, 2):
+            run = g[f"{processes}_process"]["summary_events_s"]
+            rows.append((f"g {mode}: {processes} process(es), 4 files", _fmt(run, m, "M/s"), ""))
+        speedup = g["speedup"]
+        rows.append((f"g {mode}: speed-up", f"{speedup:.2f}x", _check(speedup >= 1.6, speedup, 1.6)))
+        one, two = (g["outputs"].get(k) for k in (1, 2))
+        shown = ", ".join(f"{k} {v:,}" for k, v in (one or {}).items())
+        rows.append((f"g {mode}: same alerts and samples", "yes" if one == two else "NO", shown))
     if "h_kafka" in r:
         k = r["h_kafka"]
         rows.append(("h broker consume rate (ceiling)", _fmt(k["broker_consume_msgs_s"], m, "M/s"), ""))

@@ -3,14 +3,16 @@
 Usage::
 
     python -m connectors.produce FLOW --events N [--seed S] [--file PATH] \\
-        --brokers HOST:PORT --topic TOPIC [--partitions P]
+        --brokers HOST:PORT --topic TOPIC [--partitions P] [--key COLUMN]
 
 Each event becomes one JSON object (the flow's schema fields, ``ts`` as epoch seconds), produced in
 generator (or file) order with an idempotent producer, so order is kept per partition. The message
-key is the event's value in the entity column of the flow's first detector (fraud ``tx_id``,
-ddos ``endpoint``, iot ``device_id``, sentiment ``brand``; no key if that detector is global), so
-one entity's events share a partition. Into an empty 1-partition topic, offsets equal the
-generator positions. File records that are not valid events are skipped and counted.
+key is the event's value in column ``--key``, by default the entity column of the flow's first
+detector (fraud ``tx_id``, ddos ``endpoint``, iot ``device_id``, sentiment ``brand``; no key if
+that detector is global), so one entity's events share a partition (``--key card_id`` for a fraud
+topic whose card steps run aligned with its partitions: ``SKETCHWATCH_PARTITIONED_BY``). Into an
+empty 1-partition topic, offsets equal the generator positions. File records that are not valid
+events are skipped and counted.
 
 A missing topic is created with ``--partitions`` partitions (default 1); an existing topic with
 another partition count than an explicit ``--partitions`` is an error. ``SKETCHWATCH_KAFKA_*``
@@ -32,7 +34,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Producer
 
 from connectors.config import Config
-from connectors.events import EventBatch
+from connectors.events import SCHEMAS, EventBatch
 from connectors.files import FileSource
 from connectors.generators import generator
 from connectors.kafka import _producer, _scrub, create_topic, kafka_settings, topic_partitions
@@ -108,6 +110,7 @@ def produce_events(
     *,
     file: str | None = None,
     partitions: int | None = None,
+    key: str | None = None,
     settings: Mapping[str, str] | None = None,
     batch_size: int = 10_000,
     timeout: float = 60.0,
@@ -130,6 +133,8 @@ def produce_events(
         A JSON Lines or CSV file of events instead of the generator.
     partitions : int, optional
         Partition count for a new topic; if given, an existing topic must have it.
+    key : str, optional
+        The column whose value keys each message; by default :func:`entity_column`.
     settings : mapping, optional
         librdkafka settings (e.g. :func:`~connectors.kafka.kafka_settings` of the environment).
     batch_size : int, default 10_000
@@ -153,7 +158,7 @@ def produce_events(
         create_topic(brokers, topic, partitions or 1, settings)
     elif partitions is not None and existing != partitions:
         raise ValueError(f"Kafka topic {topic!r} exists with {existing} partitions, not {partitions}")
-    key_col = entity_column(flow)
+    key_col = entity_column(flow) if key is None else _key_column(flow, key)
     config: dict[str, Any] = {
         "bootstrap.servers": brokers,
         "linger.ms": 20,
@@ -188,6 +193,13 @@ def produce_events(
     return ProduceReport(n, skipped[0], seconds)
 
 
+def _key_column(flow: str, key: str) -> str:
+    names = SCHEMAS[flow].names
+    if key not in names:
+        raise ValueError(f"produce_events: key {key!r} is not a column of {flow} events {names}")
+    return key
+
+
 def _produce_batch(
     producer: Producer, topic: str, batch: EventBatch, key_col: str | None, on_delivery: Any
 ) -> int:
@@ -220,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--brokers", required=True, help="HOST:PORT")
     parser.add_argument("--topic", required=True)
     parser.add_argument("--partitions", type=int, default=None, help="partitions of a new topic (1)")
+    parser.add_argument("--key", default=None, help="message key column (the first detector's entity)")
     args = parser.parse_args(argv)
     if args.file is None and (args.events is None or args.events < 0):
         parser.error("give --events N (N >= 0) or --file PATH")
@@ -232,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.topic,
             file=args.file,
             partitions=args.partitions,
+            key=args.key,
             settings=kafka_settings(os.environ),
         )
     except (RuntimeError, ValueError, OSError) as e:

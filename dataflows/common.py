@@ -57,7 +57,10 @@ def build_flow(
     outputs: list[Stream[Any]] = [dead]
     for group in group_specs(detectors):  # detectors keyed by one column share a step
         spec = group_spec(group)
-        outputs.append(detector_step(spec.name, events, spec, config.shards, config.seed, config.max_skew))
+        aligned = spec.key in config.partitioned_by
+        outputs.append(
+            detector_step(spec.name, events, spec, config.shards, config.seed, config.max_skew, aligned)
+        )
     results = op.merge("results", *outputs)
     _sinks(results, config, sinks)
     _summary(name, events, results)

@@ -15,9 +15,10 @@ worker ``s % workers`` for every worker count from 1 to 8.
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
-__all__ = ["balanced_key", "shard_key"]
+__all__ = ["balanced_key", "partition_key", "shard_key"]
 
 
 def shard_key(shard: int, shards: int) -> str:
@@ -29,13 +30,36 @@ def shard_key(shard: int, shards: int) -> str:
     return _BALANCED_KEYS[shard]
 
 
-def balanced_key(shard: int) -> str:
-    """The first ``"{shard:04d}.{k}"`` that Bytewax routes to ``shard % workers`` for 2 to 8
-    workers (its route hash is ``shard`` mod 840). :data:`_BALANCED_KEYS` holds the first 64."""
+def balanced_key(shard: int, name: str | None = None) -> str:
+    """The first ``"{name}.{k}"`` (``name``: ``"{shard:04d}"`` by default) that Bytewax routes to
+    ``shard % workers`` for 2 to 8 workers (its route hash is ``shard`` mod 840).
+    :data:`_BALANCED_KEYS` holds the first 64 with the default name."""
+    name = f"{shard:04d}" if name is None else name
     k = 0
-    while _bytewax_route_hash(f"{shard:04d}.{k}") % _LCM_2_TO_8 != shard % _LCM_2_TO_8:
+    while _bytewax_route_hash(f"{name}.{k}") % _LCM_2_TO_8 != shard % _LCM_2_TO_8:
         k += 1
-    return f"{shard:04d}.{k}"
+    return f"{name}.{k}"
+
+
+@functools.lru_cache(maxsize=4096)
+def partition_key(partition: str, partitions: tuple[str, ...]) -> str:
+    """The state key of the shard that holds source partition ``partition`` of ``partitions``
+    (sorted by name), for a step aligned with the input partitions.
+
+    Bytewax deals the partitions, in name order, to the workers in turn when every worker can
+    read every partition (``calc_primaries`` in its ``src/timely.rs``; a test checks it with
+    Bytewax itself), so the ``i``-th partition is read by worker ``i % workers``; this key is
+    routed there too, for 1 to 8 workers, so the partition's events stay on their worker. It
+    names the partition and how many there are: state kept for another set of partitions is
+    never mistaken for this one's.
+
+    >>> partition_key("1-payments", ("0-payments", "1-payments"))
+    '1-payments#1/2.141'
+    >>> _bytewax_route_hash(partition_key("1-payments", ("0-payments", "1-payments"))) % 2
+    1
+    """
+    index = partitions.index(partition)
+    return balanced_key(index, f"{partition}#{index}/{len(partitions)}")
 
 
 _LCM_2_TO_8: Final = 840

@@ -6,6 +6,8 @@ so Bytewax's per-key machinery (routing to workers, snapshots, resume) costs one
 per shard per batch instead of one per event, and a snapshot pickles a few arrays per shard.
 Because an entity always lands in the same shard and a shard sees its events in input order,
 the alerts do not depend on the number of workers or on how events were cut into batches.
+Input already partitioned by the entity column (``aligned``) keeps one shard per source
+partition instead, on the worker that reads it, so those events are never exchanged.
 
 >>> import numpy as np
 >>> from connectors.events import EventBatch
@@ -32,10 +34,10 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 from numpy.typing import NDArray
 
-from connectors.events import EventBatch, Sample, gathered, sliced
+from connectors.events import EventBatch, Progress, Sample, gathered, sliced
 from operators.alerts import Alert
 from operators.entities import dumps_tables
-from operators.routing import shard_key
+from operators.routing import partition_key, shard_key
 
 __all__ = [
     "GLOBAL_KEY",
@@ -171,6 +173,19 @@ def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[st
         out.append((shard_key(s, shards), part))
         start = stop
     return out
+
+
+def partition_shard(batch: EventBatch, columns: tuple[str, ...] | None) -> tuple[str, EventBatch]:
+    """``batch`` (with ``columns`` only, if given) under the state key of its source partition
+    (:func:`~operators.routing.partition_key`), clocked by that partition alone: the shard
+    holds no other partition's entities, so no other partition's progress holds it back."""
+    p = batch.progress
+    if p is None:
+        raise ValueError("partition_shard: the batch has no progress (its source partition is unknown)")
+    part = batch if columns is None or p.state != "data" else batch.project(columns)
+    # A fresh memo: memoised splits carry the batch's progress, which this copy replaces.
+    own = replace(part, progress=Progress(p.partition, (p.partition,), p.state), memo={})
+    return partition_key(p.partition, p.partitions), own
 
 
 class PartitionClock:
@@ -394,13 +409,21 @@ def detector_step(
     shards: int,
     seed: int,
     max_skew: float = math.inf,
+    aligned: bool = False,
 ) -> Stream[Output]:
     """Route ``events`` to shards by ``spec.key`` and run ``spec``'s detector on each shard,
-    with a :class:`PartitionClock` per shard (``max_skew``: see there)."""
+    with a :class:`PartitionClock` per shard (``max_skew``: see there).
+
+    ``aligned``: the input is partitioned by ``spec.key`` already (every entity's events are in
+    one source partition), so each source partition's events go whole to a shard of their own
+    on the worker that reads them (:func:`partition_shard`), not split by hash; batches
+    without progress (a source not wrapped in ``PartitionProgress``) are split as usual."""
 
     every_shard = shard_keys(spec.key, shards)
 
     def route(batch: EventBatch) -> list[tuple[str, EventBatch]]:
+        if aligned and batch.progress is not None:
+            return [partition_shard(batch, spec.columns)]
         if batch.progress is not None and batch.progress.state != "data":
             return [(shard, batch) for shard in every_shard]  # a partition ended or went idle
         parts = split_by_shard(batch, spec.key, shards, seed)

@@ -8,8 +8,10 @@ popularity (the busiest merchant/type pair sees ~10 tx per minute); types purcha
 
 Injected (counts for ``n_events = 1_000_000``; they scale with ``n_events``):
 
-- ``duplicate_tx`` (~1,000): an event replays the ``tx_id`` of an earlier one 1..200 s before
-  (its other fields are the normal event's). Truth: ``[ts, ts]`` of the replay, entity = tx_id.
+- ``duplicate_tx`` (~1,000): an event replays the ``tx_id`` and card of an earlier one 1..200 s
+  before, as a payment submitted twice (an amount usual for the card; merchant and type are the
+  normal event's), so a topic keyed by card holds both copies in one partition. Truth:
+  ``[ts, ts]`` of the replay, entity = tx_id.
 - ``amount_outlier`` (~500): a card gets 8..12 planned prior transactions (gaps 15..60 s; runs
   shorter than 10 minutes use one 10.5..12 s gap then seven 1..3 s gaps, on a card with no other
   transaction within 12 s, so ``card_velocity`` stays quiet), then an amount 30..100x its typical
@@ -145,7 +147,7 @@ class _Planner:
         self.anomalies: list[Anomaly] = []
         self.ov = Overrides(_DTYPES)
         self.ov.group("tx", ("card_id", "merchant_id", "amount", "type", "ts"))
-        self.ov.group("replay", ("tx_id", "ts"))
+        self.ov.group("replay", ("tx_id", "card_id", "amount", "ts"))
         self.bursts: list[tuple[int, NDArray[np.int64]]] = []
 
     # -- helpers ---------------------------------------------------------------------------
@@ -333,14 +335,19 @@ class _Planner:
                 continue
             lag = rng.uniform(1.0, min(200.0, p / RATE - 0.2))
             q = p - round(lag * RATE)
-            if q < 0 or q in replays or q in sources:
+            if q < 0 or q in replays or q in sources or self.card_changed[q]:
+                continue
+            card = int(self.cards.chunk(q // CHUNK)[q % CHUNK])
+            if card in self.used_cards:  # an injected card: its anomaly's spacing stays as planned
                 continue
             replays.add(p)
             sources.add(q)
             self.pool.take([p])
+            self.card_changed[p] = True
             tx = f"tx-{q:09d}"
             t = float(_ts(np.array([p], dtype=np.int64))[0])
-            self.ov.add("replay", [p], tx_id=[tx], ts=[t])
+            amount = self.normal_amounts(np.array([card]))
+            self.ov.add("replay", [p], tx_id=[tx], card_id=[_CARD_IDS[card]], amount=amount, ts=[t])
             self.anomalies.append(Anomaly("duplicate_tx", tx, t, t))
 
     def build(self) -> _Plan:

@@ -43,6 +43,7 @@ def test_defaults() -> None:
     )
     assert c.parse_ahead is False
     assert (c.max_skew, c.idle_partition) == (3600.0, 30.0)
+    assert c.partitioned_by == ()
     assert "PATH" not in c.env
 
 
@@ -59,9 +60,11 @@ def test_values_are_read() -> None:
             "SKETCHWATCH_PARSE_AHEAD": "1",
             "SKETCHWATCH_MAX_SKEW": "600",
             "SKETCHWATCH_IDLE_PARTITION": "2.5",
+            "SKETCHWATCH_PARTITIONED_BY": " device_id , zone",
         },
     )
     assert c.parse_ahead is True
+    assert c.partitioned_by == ("device_id", "zone")
     assert (c.max_skew, c.idle_partition) == (600.0, 2.5)
     assert (c.events, c.seed, c.batch, c.shards, c.idle_ttl, c.sample_k) == (
         2000,
@@ -115,6 +118,18 @@ def test_values_are_read() -> None:
             "SKETCHWATCH_SOURCE: expected kafka://HOST:PORT/TOPIC[?tail=false], got 'kafka://b:x/tx'",
         ),
         ("SKETCHWATCH_SINKS", " , ", "SKETCHWATCH_SINKS: expected at least one sink, got ','"),
+        (
+            "SKETCHWATCH_PARTITIONED_BY",
+            "card",
+            "SKETCHWATCH_PARTITIONED_BY: 'card' is not a column of fraud events "
+            "('tx_id', 'card_id', 'merchant_id', 'amount', 'type', 'ts'), in 'card'",
+        ),
+        (
+            "SKETCHWATCH_PARTITIONED_BY",
+            "card_id,card_id",
+            "SKETCHWATCH_PARTITIONED_BY: expected distinct column names separated by ',', "
+            "got 'card_id,card_id'",
+        ),
         (
             "SKETCHWATCH_SINKS",
             "stdout,mongodb://x",

@@ -496,6 +496,22 @@ def test_produce_command_line(kafka_broker: TansuBroker, capsys: pytest.CaptureF
     assert "2 partitions" in capsys.readouterr().err
 
 
+def test_produce_keyed_by_another_column(
+    kafka_broker: TansuBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    topic = _topic("bycard")
+    argv = ["fraud", "--events", "4000", "--brokers", kafka_broker.bootstrap, "--topic", topic]
+    assert main([*argv, "--partitions", "3", "--key", "card_id"]) == 0
+    stored = _read_topic(kafka_broker.bootstrap, topic, 3)
+    assert all(m.key() == json.loads(m.value())["card_id"].encode() for m in stored)
+    partition_of: dict[str, set[int]] = {}
+    for m in stored:
+        partition_of.setdefault(json.loads(m.value())["card_id"], set()).add(m.partition())
+    assert all(len(p) == 1 for p in partition_of.values()) and len(stored) == 4000
+    assert main([*argv, "--key", "card"]) == 1
+    assert "key 'card' is not a column of fraud events" in capsys.readouterr().err
+
+
 def test_produce_from_file(kafka_broker: TansuBroker, tmp_path: Any) -> None:
     from connectors.files import write_jsonl
 

@@ -197,9 +197,15 @@ def _by_card(events: EventBatch, parts: int, batch: int) -> dict[str, list[Event
     return out
 
 
-def _run_source(source: FixedPartitionedSource[Any, Any], env: dict[str, str]) -> tuple[list[Any], int]:
+def _run_source(
+    source: FixedPartitionedSource[Any, Any], env: dict[str, str], workers: int = 1
+) -> tuple[list[Any], int]:
     config = Config.from_env("fraud", env)
-    run_main(build_flow("fraud", detectors_for("fraud")(config), config, source=source))
+    dataflow = build_flow("fraud", detectors_for("fraud")(config), config, source=source)
+    if workers == 1:
+        run_main(dataflow)
+    else:
+        cluster_main(dataflow, [], 0, worker_count_per_proc=workers)
     url = config.sinks[0].url
     return read_alerts(url), len(read_table(url, "samples"))
 
@@ -232,6 +238,22 @@ def test_partitions_read_far_apart_lose_no_alert(tmp_path: Path) -> None:
     # what the per-partition clock is for.
     lax, _ = _run_source(many, _env(tmp_path / "lax", SKETCHWATCH_MAX_SKEW="1"))
     assert sum(_what(lax).values()) < sum(_what(one).values())
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_steps_aligned_with_card_partitions_find_what_one_partition_finds(
+    workers: int, tmp_path: Path
+) -> None:
+    # SKETCHWATCH_PARTITIONED_BY: the card and duplicate steps keep a shard per partition on
+    # its reader; the partitions (by card, read far apart) hold every card's and transaction's
+    # events, so what is found is what one partition finds, on any number of workers.
+    events = EventBatch.concat(list(generator_for("fraud")(EVENTS_SKEW, SEED, 0, 50_000)))
+    one, one_samples = _run_source(_Partitions({"all": [events]}), _env(tmp_path / "one"))
+    many = _Partitions(_by_card(events, 4, 50_000))
+    env = _env(tmp_path / "aligned", SKETCHWATCH_PARTITIONED_BY="card_id,tx_id")
+    got, got_samples = _run_source(many, env, workers)
+    assert _what(got) == _what(one) and got_samples == one_samples
+    assert len(got) == len(one)
 
 
 def test_allocator_tuning_applies_once_unless_the_operator_chose(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,17 +72,24 @@ def _kafka_alert_ids(bootstrap: str, topic: str) -> list[str]:
 class Stack:
     """A topic loaded with the events, a fresh alerts topic and database, a recovery store."""
 
-    def __init__(self, tmp: Path, bootstrap: str, pg_url: str, name: str, events: int) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        bootstrap: str,
+        pg_url: str,
+        name: str,
+        events: int,
+        partitions: int = 1,
+        key: str | None = None,
+    ) -> None:
         self.tmp, self.bootstrap, self.events = tmp, bootstrap, events
         self.source_topic, self.alerts_topic = f"{name}-events", f"{name}-alerts"
-        create_topic(bootstrap, self.source_topic, 1)
+        create_topic(bootstrap, self.source_topic, partitions)
         create_topic(bootstrap, self.alerts_topic, 3)
-        produce_events(FLOW, events, SEED, bootstrap, self.source_topic)
+        produce_events(FLOW, events, SEED, bootstrap, self.source_topic, key=key)
         self.pg_url = pg_url.rsplit("/", 1)[0] + "/" + name
         _create_database(pg_url, name)
-        self.recovery = tmp / "recovery"
-        self.recovery.mkdir()
-        subprocess.run([sys.executable, "-m", "bytewax.recovery", str(self.recovery), "4"], check=True)
+        self.recovery = _recovery_store(tmp / "recovery")
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -107,6 +114,20 @@ class Stack:
             text=True,
         )
 
+    def kill_mid_run(self, times: int, rng: random.Random, **extra: str) -> None:
+        """Start and SIGKILL the flow ``times`` times, each after 1.5-4 s of running."""
+        kills = 0
+        while kills < times:
+            # small source batches keep each run busy long enough to be killed mid-stream
+            proc = self.start(SKETCHWATCH_BATCH="200", **extra)
+            time.sleep(rng.uniform(1.5, 4.0))
+            if proc.poll() is not None:
+                break  # finished before the kill: the remaining runs would find nothing to do
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        assert kills >= times, f"the run finished before {times} kills; give it more events"
+
     def run_to_end(self, workers: int = 1, **extra: str) -> str:
         proc = self.start(workers, **extra)
         out, _ = proc.communicate(timeout=600)
@@ -123,6 +144,12 @@ class Stack:
         )
         duplicated = {k: v for k, v in kafka.items() if v > 1}
         assert not duplicated, f"{len(duplicated)} alerts written twice to Kafka"
+
+
+def _recovery_store(path: Path) -> Path:
+    path.mkdir()
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), "4"], check=True)
+    return path
 
 
 def _create_database(pg_url: str, name: str) -> None:
@@ -155,18 +182,7 @@ def test_kafka_to_postgres_and_kafka_equals_the_embedded_run(stack: Stack, expec
 
 
 def test_five_sigkills_then_resume_lose_and_duplicate_nothing(stack: Stack, expected: set[str]) -> None:
-    rng = random.Random(SEED)
-    kills = 0
-    while kills < 5:
-        # small source batches keep each run busy long enough to be killed mid-stream
-        proc = stack.start(SKETCHWATCH_BATCH="200")
-        time.sleep(rng.uniform(1.5, 4.0))
-        if proc.poll() is not None:
-            break  # finished before the kill: the remaining runs would find nothing to do
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    assert kills >= 5, "the run finished before five kills; give it more events"
+    stack.kill_mid_run(5, random.Random(SEED))
     stack.run_to_end()
     stack.check(expected)
 
@@ -189,4 +205,22 @@ def test_postgres_down_for_ten_seconds_mid_run(
     postgres_server.start()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
+    stack.check(expected)
+
+
+def test_steps_aligned_with_a_topic_keyed_by_card_survive_kills_and_two_workers(
+    tmp_path: Path, kafka_broker: Any, postgres_server: Any
+) -> None:
+    # 4 partitions keyed by card: the card and duplicate steps keep their state per partition
+    # (SKETCHWATCH_PARTITIONED_BY). Killed twice, then resumed on 2 workers, the flow stores
+    # exactly what the default routing by hash finds in one uninterrupted run of the topic.
+    stack = Stack(tmp_path, kafka_broker.bootstrap, postgres_server.url, "aligned", EVENTS, 4, "card_id")
+    by_hash = f"sqlite:///{tmp_path / 'by_hash.db'}"
+    store = _recovery_store(tmp_path / "by_hash_recovery")
+    stack.run_to_end(SKETCHWATCH_SINKS=by_hash, BYTEWAX_RECOVERY_DIRECTORY=str(store))
+    expected = {a["alert_id"] for a in read_alerts(by_hash)}
+    assert {a["detector"] for a in read_alerts(by_hash)} >= {"duplicate_tx", "amount_outlier"}
+    aligned = {"SKETCHWATCH_PARTITIONED_BY": "card_id,tx_id"}
+    stack.kill_mid_run(2, random.Random(SEED + 1), **aligned)
+    stack.run_to_end(workers=2, **aligned)
     stack.check(expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import threading
+from dataclasses import replace
 from functools import partial
 from typing import Any, ClassVar
 from unittest.mock import patch
@@ -13,14 +14,16 @@ import bytewax.operators as op
 import numpy as np
 import pytest
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors import events
 from connectors.events import EventBatch, LazyColumns, Progress, Sample
+from connectors.sources import PartitionProgress
 from operators.detectors.entity import DuplicateDetector
-from operators.routing import shard_key
+from operators.routing import partition_key, shard_key
 from operators.runtime import (
     Detector,
     DetectorGroup,
@@ -32,6 +35,7 @@ from operators.runtime import (
     event_clock,
     group_spec,
     group_specs,
+    partition_shard,
     split_by_shard,
 )
 from sketches import AgingBloomFilter
@@ -464,3 +468,98 @@ def test_a_snapshot_nobody_holds_is_never_pickled() -> None:
     logic.on_batch([_part("a", [2.0])])
     logic.on_eof()
     assert pickled == []
+
+
+# -- steps aligned with the input partitions ----------------------------------------------------
+
+
+class _ReadOnce(StatefulSourcePartition[EventBatch, bool]):
+    """One batch of events of partition ``name``, then the end; notes the reading thread."""
+
+    readers: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, name: str, done: bool) -> None:
+        self.name, self.done = name, done
+
+    def next_batch(self) -> list[EventBatch]:
+        if self.done:
+            raise StopIteration
+        self.done = True
+        _ReadOnce.readers[self.name] = threading.get_ident()
+        keys = np.array([f"{self.name}-{i}" for i in range(20)], dtype=object)
+        return [EventBatch("demo", np.arange(20), {"k": keys, "ts": np.arange(20.0)})]
+
+    def snapshot(self) -> bool:
+        return self.done
+
+
+class _Parts(FixedPartitionedSource[EventBatch, bool]):
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def list_parts(self) -> list[str]:
+        return self.names
+
+    def build_part(self, step_id: str, for_part: str, resume_state: bool | None) -> _ReadOnce:
+        return _ReadOnce(for_part, bool(resume_state))
+
+
+class _OnThread(Detector):
+    """Notes, per partition it is given, the thread it ran on and the clock it was given."""
+
+    ran: ClassVar[dict[str, set[int]]] = {}
+    clocks: ClassVar[dict[str, list[float]]] = {}
+
+    def process(self, batch: EventBatch) -> list[Output]:
+        assert batch.progress is not None and batch.clock is not None
+        part = batch.progress.partition
+        _OnThread.ran.setdefault(part, set()).add(threading.get_ident())
+        _OnThread.clocks.setdefault(part, []).extend(batch.clock.tolist())
+        return [Sample("demo", 0.0, 1.0, part, len(batch), {})]
+
+
+@pytest.mark.parametrize(("parts", "workers"), [(4, 2), (4, 1), (6, 3), (3, 2), (8, 4)])
+def test_an_aligned_step_runs_each_partition_on_the_worker_that_reads_it(parts: int, workers: int) -> None:
+    # Bytewax's own partition assignment and routing decide, on `workers` threads.
+    names = [f"{i}-topic" for i in range(parts)]
+    _ReadOnce.readers.clear()
+    _OnThread.ran.clear()
+    _OnThread.clocks.clear()
+    flow = Dataflow("aligned")
+    stream = op.input("in", flow, PartitionProgress(_Parts(names), "demo"))
+    spec = DetectorSpec("record", "k", _OnThread, ("k", "ts"))
+    out: list[Any] = []
+    op.output("out", detector_step("record", stream, spec, 4, 0, aligned=True), TestingSink(out))
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)  # type: ignore[no-untyped-call]
+    assert {n: {t} for n, t in _ReadOnce.readers.items()} == _OnThread.ran
+    assert len(set(_ReadOnce.readers.values())) == min(parts, workers)
+    # every partition whole in one call, clocked by its own progress alone (no other
+    # partition holds it back, though none of them has been heard of by this shard)
+    assert sorted((s.stratum, s.position) for s in out) == [(n, 20) for n in sorted(names)]
+    assert all(c == [float(i) for i in range(20)] for c in _OnThread.clocks.values())
+
+
+def test_partition_shard_keys_name_the_partition_set() -> None:
+    batch = EventBatch("demo", np.arange(2), {"k": np.array(["x", "y"], dtype=object), "ts": np.ones(2)})
+    batch.progress = Progress("1-t", ("0-t", "1-t"))
+    key, part = partition_shard(batch, ("ts",))
+    assert key == partition_key("1-t", ("0-t", "1-t")) and key.startswith("1-t#1/2.")
+    assert list(part.columns) == ["ts"] and part.progress == Progress("1-t", ("1-t",))
+    assert batch.progress == Progress("1-t", ("0-t", "1-t"))  # the shared batch is untouched
+    # another set of partitions is other state, never this one's
+    assert partition_key("1-t", ("0-t", "1-t", "2-t")) != key
+    marker = replace(batch, progress=Progress("1-t", ("0-t", "1-t"), "final"))
+    assert partition_shard(marker, ("ts",))[1].progress == Progress("1-t", ("1-t",), "final")
+    with pytest.raises(ValueError, match="no progress"):
+        partition_shard(replace(batch, progress=None), None)
+
+
+def test_an_aligned_step_splits_batches_without_progress_by_hash() -> None:
+    flow = Dataflow("unaligned_fallback")
+    data = _batch(200)
+    stream = op.input("in", flow, TestingSource([data]))
+    spec = DetectorSpec("record", "key", partial(_Recorder, "r"))
+    out: list[Any] = []
+    op.output("out", detector_step("record", stream, spec, shards=4, seed=0, aligned=True), TestingSink(out))
+    run_main(flow)
+    assert len([s for s in out if s.position == 1]) == len(split_by_shard(data, "key", 4, 0))
