@@ -19,9 +19,44 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["exclusive_segmented_cumsum", "segmented_cumsum"]
+__all__ = ["exclusive_segmented_cumsum", "hash_order", "segmented_cumsum"]
 
 FloatArray = NDArray[np.float64]
+
+
+def hash_order(keys: NDArray[np.uint64]) -> tuple[NDArray[np.intp], NDArray[np.uint64]]:
+    """``np.argsort(keys, kind="stable")`` and ``keys`` in that order, ~6x faster for hashes.
+
+    The stable sort of 64-bit keys is a merge sort; this sorts the keys' high bits with each
+    position in the low bits instead, one unstable (SIMD) sort of packed integers, which is the
+    same order unless two keys that share their high bits come out interleaved: then the
+    sorted keys are not in order, and it falls back to the stable argsort. For hashes of
+    25,000 distinct keys that takes a collision in the top 49 bits (odds ~1e-6 per call).
+
+    >>> import numpy as np
+    >>> keys = np.array([7, 3, 7, 1, 3], dtype=np.uint64) << np.uint64(40)
+    >>> order, ordered = hash_order(keys)
+    >>> order.tolist(), (ordered >> np.uint64(40)).tolist()
+    ([3, 1, 4, 0, 2], [1, 3, 3, 7, 7])
+    >>> hash_order(np.array([2, 1, 2], dtype=np.uint64))[0].tolist()  # shared high bits: exact
+    [1, 0, 2]
+    """
+    n = len(keys)
+    bits = max(1, (n - 1).bit_length())
+    if n < 2 or bits > 32:
+        order = np.argsort(keys, kind="stable")
+        return order, keys[order]
+    low = np.uint64(bits)
+    packed = keys >> low << low
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    packed &= np.uint64((1 << bits) - 1)
+    order = packed.astype(np.intp)
+    ordered = keys[order]
+    if not (ordered[1:] >= ordered[:-1]).all():
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+    return order, ordered
 
 
 def segmented_cumsum(x: FloatArray, first: NDArray[np.intp]) -> FloatArray:

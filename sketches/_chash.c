@@ -168,6 +168,33 @@ static PyObject *hash_into(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* hash_array_into(address, n, seed, out): hash the n objects of a C-contiguous numpy object
+   array whose data starts at address (the caller keeps the array alive and checks its layout),
+   without the list that a sequence would need first. */
+static PyObject *hash_array_into(PyObject *self, PyObject *args) {
+    unsigned long long address, seed_arg;
+    Py_ssize_t n;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "KnKw*", &address, &n, &seed_arg, &out)) return NULL;
+    if (seed_arg > 0xffffffffULL || n < 0 || out.len < (Py_ssize_t)(n * sizeof(uint64_t))) {
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "hash_array_into: seed not in [0, 2**32) or output too small");
+        return NULL;
+    }
+    uint32_t seed = (uint32_t)seed_arg;
+    uint64_t key = int_key(seed);
+    PyObject **elems = (PyObject **)(uintptr_t)address;
+    uint64_t *dst = (uint64_t *)out.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (hash_one(elems[i], seed, key, &dst[i]) < 0) {
+            PyBuffer_Release(&out);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 /* hash_one(item, seed) -> int */
 static PyObject *py_hash_one(PyObject *self, PyObject *args) {
     PyObject *item;
@@ -320,6 +347,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"hash_into", hash_into, METH_VARARGS, "hash_into(items, seed, out): hash a sequence into a uint64 buffer."},
+    {"hash_array_into", hash_array_into, METH_VARARGS, "hash_array_into(address, n, seed, out): hash an object array."},
     {"hash_one", py_hash_one, METH_VARARGS, "hash_one(item, seed) -> int: hash one item."},
     {"bloom_probe", bloom_probe, METH_VARARGS, "bloom_probe(hashes, k, m, words, prev, out, mode): Bloom probes."},
     {"dgim_add", dgim_add, METH_VARARGS, "dgim_add(masks, rows, bits, reset, window, r, est, lo, hi): DGIMTable.add."},

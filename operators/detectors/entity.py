@@ -54,7 +54,7 @@ from connectors.events import EventBatch
 from operators.alerts import Alert
 from operators.entities import EntityTable
 from operators.runtime import Detector, Output, event_clock
-from operators.segments import exclusive_segmented_cumsum
+from operators.segments import exclusive_segmented_cumsum, hash_order
 from sketches import DGIM, AgingBloomFilter
 from sketches.dgim_table import MAX_WINDOW as DGIM_TABLE_MAX_WINDOW
 from sketches.dgim_table import DGIMTable
@@ -155,8 +155,9 @@ class _Groups:
     __slots__ = ("ends", "first", "gid", "keys", "order", "starts")
 
     def __init__(self, keys: KeyArray) -> None:
-        self.order: IntArray = np.argsort(keys, kind="stable")
-        self.keys: KeyArray = keys[self.order]
+        self.order: IntArray
+        self.keys: KeyArray
+        self.order, self.keys = hash_order(keys)
         n = len(keys)
         self.first: BoolArray = np.ones(n, dtype=np.bool_)
         np.not_equal(self.keys[1:], self.keys[:-1], out=self.first[1:])
