@@ -11,7 +11,7 @@ produces ``N`` fraud events (seed 7) into a 1-partition topic, then ``R`` times,
 - the flow: ``python -m bytewax.run dataflows.fraud`` (one worker) with
   ``SKETCHWATCH_SOURCE=kafka://...?tail=false`` and a fresh Postgres database per run.
   events/s = N / (wall - start-up), start-up being the median wall time on an empty topic;
-  the flow's own summary line (first batch to end of input) is kept as a second figure.
+  the flow's own summary line (first read to end of input) is kept as a second figure.
 
 Figures are medians with min-max; the ratio flow / broker is measured in the same invocation.
 """

@@ -105,7 +105,7 @@ class Bench:
     def __init__(self, events: int, repeats: int, tmp: Path) -> None:
         self.n, self.repeats, self.tmp = events, repeats, tmp
         # The flows' default batch; smaller for small N, so a run is several batches (the
-        # summary rate counts from the first batch on).
+        # summary rate counts from the first read on).
         self.batch = min(int(DEFAULTS["SKETCHWATCH_BATCH"]), max(1_000, events // 10))
         self.results: dict[str, Any] = {"events": events, "repeats": repeats, "batch": self.batch}
         self.file = tmp / "events.jsonl"
@@ -214,7 +214,8 @@ class Bench:
         return make
 
     def preparsed(self, sweep: list[int]) -> None:
-        """b and c: the summary line's events/s (first batch to EOF; generation is done before)."""
+        """b and c: the summary line's events/s (from when the source began reading its first
+        batch to EOF; generation is done before)."""
         r = self.results
         r["b_preparsed"] = self.timed(self.generated(0), self.n, 0.0)
         r["c_cardinality"] = {str(c): self.timed(self.generated(c), self.n, 0.0) for c in sweep}
@@ -304,7 +305,7 @@ class Bench:
         out: dict[str, Any] = {}
         for processes in (1, 2):
             run = self.timed(cluster(paths, processes), self.n, self.startup(cluster(empties, processes)))
-            # The flows' own clock (first batch at the summary step to end of input): the
+            # The flows' own clock (from the first read of a source partition to end of input): the
             # start-up of a 2-process cluster varies by ~1 s (connection retries), too much to
             # subtract.
             if "summary_events_s" not in run:

@@ -164,6 +164,10 @@ class EventBatch:
     """Per event, the running maximum of ``ts`` in the batch it was cut from, when events were
     dropped from it before routing (the sampler's preselection), so that clocks are those of
     the whole batch; None: the running maximum of this batch's ``ts``."""
+    read_at: float | None = field(default=None, repr=False, compare=False)
+    """Wall-clock time (``time.time()``) at which its source partition began reading, on the
+    partition's first batch only (set by ``connectors.sources.PartitionProgress``): where the
+    flow's summary starts its clock, so the reading and parsing of the first batches count."""
     clock: NDArray[np.float64] | None = field(default=None, repr=False, compare=False)
     """Per event, the shard's event-time clock, set by the runtime before a detector sees the
     batch (see ``operators.runtime.PartitionClock``); None: the running maximum of ``ts``."""

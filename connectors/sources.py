@@ -174,6 +174,7 @@ class _ProgressPartition(StatefulSourcePartition[Any, S]):
         self, inner: StatefulSourcePartition[Any, S], flow: str, progress: Progress, idle_after: float
     ) -> None:
         self._inner, self._flow, self._progress, self._idle_after = inner, flow, progress, idle_after
+        self._told = False  # whether a batch has carried the time its reading began
         self._last_data = time.monotonic()
         self._idle = False
         self._ended = False
@@ -181,6 +182,7 @@ class _ProgressPartition(StatefulSourcePartition[Any, S]):
     def next_batch(self) -> list[Any]:
         if self._ended:
             raise StopIteration
+        started = time.time()
         try:
             items = self._inner.next_batch()
         except StopIteration:
@@ -188,6 +190,10 @@ class _ProgressPartition(StatefulSourcePartition[Any, S]):
             return [self._marker("final")]
         now = time.monotonic()
         stamped = [self._stamp(x) for x in items]
+        if not self._told:  # the first events: when the call that read them began
+            first = next((x for x in stamped if isinstance(x, EventBatch)), None)
+            if first is not None:
+                first.read_at, self._told = started, True
         if any(isinstance(x, EventBatch) for x in stamped):
             self._last_data, self._idle = now, False
         elif not self._idle and now - self._last_data >= self._idle_after:

@@ -145,37 +145,41 @@ def _summary(name: str, events: Stream[EventBatch], results: Stream[Any]) -> Non
     op.output("summary_out", op.map("summary_text", report, _value), _PrintSink())
 
 
-def _count_batch(batch: EventBatch) -> tuple[str, int]:
-    return ("events", len(batch))
+def _count_batch(batch: EventBatch) -> tuple[str, int, float | None]:
+    return ("events", len(batch), batch.read_at)
 
 
-def _count_result(item: Alert | Sample | DeadLetter) -> tuple[str, int]:
+def _count_result(item: Alert | Sample | DeadLetter) -> tuple[str, int, float | None]:
     if isinstance(item, Alert):
-        return (f"alert:{item.detector}", 1)
+        return (f"alert:{item.detector}", 1, None)
     if isinstance(item, Sample):
-        return ("samples", 1)
-    return ("dead_letters", 1)
+        return ("samples", 1, None)
+    return ("dead_letters", 1, None)
 
 
 def _value(key_value: tuple[str, str]) -> str:
     return key_value[1]
 
 
-class _SummaryLogic(StatefulBatchLogic[tuple[str, int], str, dict[str, int]]):
-    """Counts what went through the flow and reports at end of input."""
+class _SummaryLogic(StatefulBatchLogic[tuple[str, int, float | None], str, dict[str, int]]):
+    """Counts what went through the flow and reports at end of input; its clock starts when
+    the first source partition began reading (the first batch's ``read_at``), or when the
+    first count arrives, whichever is earlier (after a resume: this run's)."""
 
     def __init__(self, name: str, resume: dict[str, int] | None) -> None:
         self.name = name
         self.counts: Counter[str] = Counter(resume or {})
-        self.started = time.monotonic()  # wall clock for the throughput report only
+        self.started = time.time()  # wall clock (comparable between processes): the report only
 
-    def on_batch(self, values: list[tuple[str, int]]) -> tuple[Iterable[str], bool]:
-        for kind, n in values:
+    def on_batch(self, values: list[tuple[str, int, float | None]]) -> tuple[Iterable[str], bool]:
+        for kind, n, read_at in values:
             self.counts[kind] += n
+            if read_at is not None:
+                self.started = min(self.started, read_at)
         return (), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[str], bool]:
-        elapsed = time.monotonic() - self.started
+        elapsed = time.time() - self.started
         return [format_summary(self.name, self.counts, elapsed)], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,35 @@ class _ListPartition(StatefulSourcePartition[EventBatch, int]):
 
     def snapshot(self) -> int:
         return self.next
+
+
+class _SlowFirstRead(_ListPartition):
+    """Its first read takes ``delay`` seconds (a slow parse)."""
+
+    delay = 0.6
+
+    def next_batch(self) -> list[EventBatch]:
+        if self.next == 0:
+            time.sleep(self.delay)
+        return super().next_batch()
+
+
+class _SlowSource(_Partitions):
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ListPartition:
+        return _SlowFirstRead(self.parts[for_part], resume_state or 0)
+
+
+def test_the_summary_clock_starts_when_reading_begins(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The report's events/s counts the first batches' reading and processing too: its clock
+    # starts when a partition began reading them, not when their counts reach the summary.
+    events = list(generator_for("fraud")(2_000, SEED, 0, 1_000))
+    config = Config.from_env("fraud", _env(tmp_path))
+    run_main(build_flow("fraud", detectors_for("fraud")(config), config, source=_SlowSource({"p": events})))
+    line = next(x for x in capsys.readouterr().out.splitlines() if "events/s over" in x)
+    seconds = float(line.rsplit("over ", 1)[1].removesuffix(" s"))
+    assert seconds >= _SlowFirstRead.delay
 
 
 def _by_card(events: EventBatch, parts: int, batch: int) -> dict[str, list[EventBatch]]:
