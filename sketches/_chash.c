@@ -195,6 +195,46 @@ static PyObject *hash_array_into(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* run_cumsum(x, rows, first, out, exclusive): per row of the C-contiguous float64 matrix x
+   (rows x n), the running sum within runs (first[i]: index where i's run starts), added left
+   to right; exclusive: of the earlier elements only (0 at a run's start). */
+static PyObject *run_cumsum(PyObject *self, PyObject *args) {
+    Py_buffer x, first, out;
+    Py_ssize_t rows;
+    int exclusive;
+    if (!PyArg_ParseTuple(args, "y*ny*w*p", &x, &rows, &first, &out, &exclusive)) return NULL;
+    Py_ssize_t n = first.len / (Py_ssize_t)sizeof(Py_ssize_t);
+    int ok = rows >= 0 && x.len == rows * n * (Py_ssize_t)sizeof(double) && out.len == x.len;
+    const Py_ssize_t *f = (const Py_ssize_t *)first.buf;
+    for (Py_ssize_t i = 0; ok && i < n; i++) ok = f[i] >= 0 && f[i] <= i;
+    if (!ok) {
+        PyBuffer_Release(&x); PyBuffer_Release(&first); PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "run_cumsum: x must be rows x n float64, first n run starts <= index");
+        return NULL;
+    }
+    const double *src = (const double *)x.buf;
+    double *dst = (double *)out.buf;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const double *a = src + r * n;
+        double *b = dst + r * n;
+        double acc = 0.0;
+        if (exclusive) {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                if (f[i] == i) acc = 0.0;
+                b[i] = acc;
+                acc += a[i];
+            }
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                acc = (f[i] == i) ? a[i] : acc + a[i];
+                b[i] = acc;
+            }
+        }
+    }
+    PyBuffer_Release(&x); PyBuffer_Release(&first); PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 /* hash_one(item, seed) -> int */
 static PyObject *py_hash_one(PyObject *self, PyObject *args) {
     PyObject *item;
@@ -349,6 +389,7 @@ static PyMethodDef methods[] = {
     {"hash_into", hash_into, METH_VARARGS, "hash_into(items, seed, out): hash a sequence into a uint64 buffer."},
     {"hash_array_into", hash_array_into, METH_VARARGS, "hash_array_into(address, n, seed, out): hash an object array."},
     {"hash_one", py_hash_one, METH_VARARGS, "hash_one(item, seed) -> int: hash one item."},
+    {"run_cumsum", run_cumsum, METH_VARARGS, "run_cumsum(x, rows, first, out, exclusive): prefix sums within runs."},
     {"bloom_probe", bloom_probe, METH_VARARGS, "bloom_probe(hashes, k, m, words, prev, out, mode): Bloom probes."},
     {"dgim_add", dgim_add, METH_VARARGS, "dgim_add(masks, rows, bits, reset, window, r, est, lo, hi): DGIMTable.add."},
     {NULL, NULL, 0, NULL},

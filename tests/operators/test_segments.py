@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from operators import segments
 from operators.segments import exclusive_segmented_cumsum, hash_order, segmented_cumsum
 from sketches.hashing import hash64_many
 
@@ -57,3 +59,17 @@ def test_segmented_cumsums_equal_a_loop_per_run(runs: list[list[float]]) -> None
     exclusive = [s for run in runs for s in [0.0, *np.cumsum(run)[:-1].tolist()]]
     assert np.allclose(segmented_cumsum(x, first)[0], inclusive, rtol=1e-12, atol=1e-6)
     assert np.allclose(exclusive_segmented_cumsum(x, first)[0], exclusive, rtol=1e-12, atol=1e-6)
+
+
+def test_the_c_scan_and_the_numpy_scan_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 40, 3_000)
+    first = np.repeat(np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths).astype(np.intp)
+    x = rng.standard_normal((3, len(first))) * np.exp(rng.uniform(-30, 30, len(first)))
+    c = segmented_cumsum(x, first), exclusive_segmented_cumsum(x, first)
+    scale = segmented_cumsum(np.abs(x), first)  # rounding is relative to the sum of |terms|
+    monkeypatch.setattr(segments, "_chash", None)
+    numpy = segmented_cumsum(x, first), exclusive_segmented_cumsum(x, first)
+    for a, b in zip(c, numpy, strict=True):
+        assert (np.abs(a - b) <= 40 * np.finfo(float).eps * scale).all()
+    assert (c[1][:, first == np.arange(len(first))] == 0.0).all()
