@@ -232,6 +232,36 @@ class _CountPane:
         new = _missing(self.keys, distinct)
         self.keys, self.names = _insert(self.keys, self.names, distinct[new], name_of(first[new]))
 
+    def name(self, row: int) -> str:
+        """The name of the key in ``row`` of :attr:`keys`."""
+        return str(self.names[row])
+
+
+class _PairPane(_CountPane):
+    """A :class:`_CountPane` whose names are ``"{first}/{second}"``, kept as their two parts
+    (references to the batch's strings, no new ones) and joined only for an alert."""
+
+    def __init__(self, cms: CountMinSketch) -> None:
+        super().__init__(cms)
+        self.seconds = np.zeros(0, dtype=object)
+
+    def add_pairs(self, keys: _U64, firsts: _OBJ, seconds: _OBJ, idx: NDArray[np.intp]) -> None:
+        """Count ``keys``; key ``i`` is named by ``firsts[idx[i]]`` and ``seconds[idx[i]]``."""
+        distinct, first, counts = _distinct(keys)
+        self.cms.update(distinct, counts)
+        new = _missing(self.keys, distinct)
+        rows = idx[first[new]]
+        if len(self.keys) == 0:
+            self.keys, self.names, self.seconds = distinct[new], firsts[rows], seconds[rows]
+            return
+        pos = np.searchsorted(self.keys, distinct[new])
+        self.keys = np.insert(self.keys, pos, distinct[new])
+        self.names = np.insert(self.names, pos, firsts[rows])
+        self.seconds = np.insert(self.seconds, pos, seconds[rows])
+
+    def name(self, row: int) -> str:
+        return f"{self.names[row]}/{self.seconds[row]}"
+
 
 def _cms_evidence(cms: CountMinSketch) -> dict[str, Any]:
     return {
@@ -286,10 +316,14 @@ class WindowedCountSurge(PaneDetector):
         return {"key": key, "merchant": batch["merchant_id"], "type": batch["type"]}
 
     def _new_pane(self) -> _CountPane:
-        return _CountPane(CountMinSketch.from_error(self.epsilon, self.delta, seed=self.seed))
+        return _PairPane(CountMinSketch.from_error(self.epsilon, self.delta, seed=self.seed))
 
     def _add(self, pane: _CountPane, cols: dict[str, Any], idx: NDArray[np.intp]) -> None:
-        def name_of(first: NDArray[np.intp]) -> _OBJ:
+        if isinstance(pane, _PairPane):
+            pane.add_pairs(cols["key"][idx], cols["merchant"], cols["type"], idx)
+            return
+
+        def name_of(first: NDArray[np.intp]) -> _OBJ:  # a pane from an older snapshot
             rows = idx[first]
             names: _OBJ = cols["merchant"][rows] + "/" + cols["type"][rows]
             return names
@@ -307,7 +341,7 @@ class WindowedCountSurge(PaneDetector):
         cms = _cms_evidence(pane.cms)
         return [
             self._alert(
-                str(pane.names[i]),
+                pane.name(i),
                 window_id,
                 count[i],
                 threshold[i],
