@@ -392,6 +392,9 @@ class LazyColumns(Mapping[str, NDArray[Any]]):
             col = self._done[name] = _read_only(self._make(name))
         return col
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._names  # without computing it (Mapping's default would)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 
