@@ -65,7 +65,11 @@ Variables
     transaction repeats its card (1M events, 2 processes: 1.2x -> 1.5x one process; see the
     README). A column that does not hold this splits an entity's state over partitions and
     its alerts are wrong; the partitions must stay the same for a recovery directory
-    (state is keyed by partition, and adding Kafka partitions moves keys anyway).
+    (state is keyed by partition, and adding Kafka partitions moves keys anyway). Up to 8
+    workers each aligned shard runs where its partition is read; beyond, some are exchanged.
+    An aligned shard's event-time clock is its partition's own, so an event more than a
+    window's lateness behind its own partition's progress is late, as with one partition.
+    Duplicate filters of aligned steps are each sized for the whole capacity.
 ``SKETCHWATCH_IDLE_PARTITION`` (default ``30``)
     Seconds of wall time without events after which a source partition stops holding the
     clocks back (a quiet Kafka partition), a number > 0; its next events count again.
@@ -231,6 +235,18 @@ class Config:
             ),
             env=own,
         )
+
+    def shards_of(self, column: str | None) -> int:
+        """How many shards share the entities of a step keyed by ``column``, for sizing each
+        shard's part of a capacity: ``shards``, or 1 for a column in ``partitioned_by`` (such
+        a step has one shard per source partition, and the partition count is only known to
+        the source: each shard is sized for all of them).
+
+        >>> c = Config.from_env("fraud", {"SKETCHWATCH_PARTITIONED_BY": "card_id,tx_id"})
+        >>> c.shards_of("tx_id"), c.shards_of("merchant_id")
+        (1, 4)
+        """
+        return 1 if column in self.partitioned_by else self.shards
 
     def variable(self, name: str) -> str:
         """The variable name of per-flow parameter ``name``: ``SKETCHWATCH_<FLOW>_<NAME>``."""

@@ -153,12 +153,12 @@ def produce_events(
         A message could not be delivered (the first error and the count are reported).
     """
     settings = dict(settings or {})
+    key_col = entity_column(flow) if key is None else _key_column(flow, key)  # before any topic
     existing = topic_partitions(brokers, topic, settings)
     if existing is None:
         create_topic(brokers, topic, partitions or 1, settings)
     elif partitions is not None and existing != partitions:
         raise ValueError(f"Kafka topic {topic!r} exists with {existing} partitions, not {partitions}")
-    key_col = entity_column(flow) if key is None else _key_column(flow, key)
     config: dict[str, Any] = {
         "bootstrap.servers": brokers,
         "linger.ms": 20,

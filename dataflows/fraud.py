@@ -44,7 +44,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 ttl=p("dup_ttl", 300.0, low=1),
                 capacity=p("dup_capacity", 200_000, int, low=1),
                 fp_rate=p("dup_fp_rate", 1e-6, low=1e-12, high=0.5),
-                shards=config.shards,
+                shards=config.shards_of("tx_id"),
                 seed=config.seed,
             ),
             columns=("tx_id", "ts"),

@@ -44,7 +44,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 ttl=p("dup_ttl", 3600.0, low=1),
                 capacity=p("dup_capacity", 2000000, int, low=1),
                 fp_rate=p("dup_fp_rate", 1e-07, low=1e-12, high=0.5),
-                shards=config.shards,
+                shards=config.shards_of("device_id"),
                 seed=config.seed,
             ),
             columns=("device_id", "payload", "ts"),
