@@ -165,7 +165,7 @@ class EventBatch:
     dropped from it before routing (the sampler's preselection), so that clocks are those of
     the whole batch; None: the running maximum of this batch's ``ts``."""
     read_at: float | None = field(default=None, repr=False, compare=False)
-    """Wall-clock time (``time.time()``) at which its source partition was opened, on the
+    """Wall-clock time (``time.time()``) of its source partition's first read request, on the
     partition's first batch only (set by ``connectors.sources.PartitionProgress``): where the
     flow's summary starts its clock, so the reading and parsing of the first batches count."""
     clock: NDArray[np.float64] | None = field(default=None, repr=False, compare=False)

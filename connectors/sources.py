@@ -165,23 +165,16 @@ class PartitionProgress(FixedPartitionedSource[Any, S], Generic[S]):
         return self._parts
 
     def build_part(self, step_id: str, for_part: str, resume_state: S | None) -> _ProgressPartition[S]:
-        opened = time.time()  # before the inner source starts (a parse-ahead helper reads at once)
         inner = self.source.build_part(step_id, for_part, resume_state)
-        progress = Progress(for_part, self._all_parts())
-        return _ProgressPartition(inner, self.flow, progress, self.idle_after, opened)
+        return _ProgressPartition(inner, self.flow, Progress(for_part, self._all_parts()), self.idle_after)
 
 
 class _ProgressPartition(StatefulSourcePartition[Any, S]):
     def __init__(
-        self,
-        inner: StatefulSourcePartition[Any, S],
-        flow: str,
-        progress: Progress,
-        idle_after: float,
-        opened: float | None = None,
+        self, inner: StatefulSourcePartition[Any, S], flow: str, progress: Progress, idle_after: float
     ) -> None:
         self._inner, self._flow, self._progress, self._idle_after = inner, flow, progress, idle_after
-        self._opened = time.time() if opened is None else opened  # wall clock: the summary's start
+        self._asked: float | None = None  # wall clock of the first next_batch: the summary's start
         self._told = False  # whether a batch has carried it
         self._last_data = time.monotonic()
         self._idle = False
@@ -190,6 +183,8 @@ class _ProgressPartition(StatefulSourcePartition[Any, S]):
     def next_batch(self) -> list[Any]:
         if self._ended:
             raise StopIteration
+        if self._asked is None:
+            self._asked = time.time()
         try:
             items = self._inner.next_batch()
         except StopIteration:
@@ -197,10 +192,10 @@ class _ProgressPartition(StatefulSourcePartition[Any, S]):
             return [self._marker("final")]
         now = time.monotonic()
         stamped = [self._stamp(x) for x in items]
-        if not self._told:  # the first events carry when the partition was opened
+        if not self._told:  # the first events carry when reading began
             first = next((x for x in stamped if isinstance(x, EventBatch)), None)
             if first is not None:
-                first.read_at, self._told = self._opened, True
+                first.read_at, self._told = self._asked, True
         if any(isinstance(x, EventBatch) for x in stamped):
             self._last_data, self._idle = now, False
         elif not self._idle and now - self._last_data >= self._idle_after:

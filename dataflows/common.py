@@ -163,7 +163,7 @@ def _value(key_value: tuple[str, str]) -> str:
 
 class _SummaryLogic(StatefulBatchLogic[tuple[str, int, float | None], str, dict[str, int]]):
     """Counts what went through the flow and reports at end of input; its clock starts when
-    the first source partition was opened (the first batch's ``read_at``), or when the
+    a source partition was first asked for events (the first batch's ``read_at``), or when the
     first count arrives, whichever is earlier (after a resume: this run's)."""
 
     def __init__(self, name: str, resume: dict[str, int] | None) -> None:
