@@ -141,6 +141,18 @@ class Bench:
     def startup(self, make: Any) -> float:
         return statistics.median(_run(make(), self.tmp)[0] for _ in range(max(2, self.repeats)))
 
+    def interleaved(self, makes: dict[str, Any]) -> dict[str, list[float]]:
+        """Each setup's summary events/s, the setups run in turn ``repeats`` times (A B A B ...),
+        so that drift on a noisy machine falls on all of them alike; compare them per round."""
+        rates: dict[str, list[float]] = {name: [] for name in makes}
+        for _ in range(self.repeats):
+            for name, make in makes.items():
+                m = _RATE.search(_run(make(), self.tmp)[2])
+                if not m:
+                    raise RuntimeError(f"{name}: the flow printed no 'events/s' summary line")
+                rates[name].append(float(m.group(1).replace(",", "")))
+        return rates
+
     # -- measurements ----------------------------------------------------------------------------
     def file_flows(self) -> None:
         """a and f."""
@@ -247,16 +259,20 @@ class Bench:
         """f at d's scale: 1-second snapshots with ``cards`` and ``merchants`` tracked, pre-parsed
         batches (summary rates; 3N events, so that several snapshots fall inside the run)."""
         n = 3 * self.n
-        off = self.timed(self.generated(cards, merchants, events=n), n, 0.0)
-        on = self.timed(self.generated(cards, merchants, recovery=True, events=n), n, 0.0)
-        rate_off, rate_on = (x["summary_events_s"]["median"] for x in (off, on))
+        runs = self.interleaved(
+            {
+                "no_recovery": self.generated(cards, merchants, events=n),
+                "recovery": self.generated(cards, merchants, recovery=True, events=n),
+            }
+        )
+        costs = [1 - on / off for on, off in zip(runs["recovery"], runs["no_recovery"], strict=True)]
         self.results["f_at_scale"] = {
             "cards": cards,
             "merchants": merchants,
             "events": n,
-            "no_recovery": off,
-            "recovery": on,
-            "cost": 1 - rate_on / rate_off,
+            **{k: {"summary_events_s": _stats(v)} for k, v in runs.items()},
+            "cost": statistics.median(costs),
+            "cost_range": [min(costs), max(costs)],
         }
 
     def latency(self, events: int) -> None:
@@ -272,51 +288,41 @@ class Bench:
 
     def scaleout(self) -> None:
         """g: the N events in 4 files by card (as a producer keyed by card fills 4 Kafka
-        partitions: each file spans the whole time range), 1 process vs 2 (1 worker each);
-        with every keyed step exchanging events by hash (the default), and with the card and
-        duplicate steps aligned with the partitions (``SKETCHWATCH_PARTITIONED_BY``)."""
+        partitions: each file spans the whole time range), 1 process vs 2 (1 worker each),
+        run in turn and compared per round; with every keyed step exchanging events by hash
+        (the default), and with the card and duplicate steps aligned with the partitions
+        (``SKETCHWATCH_PARTITIONED_BY``)."""
         paths = [str(self.tmp / f"part{i}.jsonl") for i in range(4)]
         for i, p in enumerate(paths):
             write_jsonl(p, _partition(generator("fraud")(self.n, 7, 0, 10_000), "card_id", i, 4))
-        empties = [str(self.tmp / f"empty{i}.jsonl") for i in range(4)]
-        for p in empties:
-            Path(p).write_text("")
-        self.results["g"] = {mode: self._scaleout(paths, empties, by) for mode, by in SCALEOUT_MODES.items()}
+        self.results["g"] = {mode: self._scaleout(paths, by) for mode, by in SCALEOUT_MODES.items()}
 
-    def _scaleout(self, paths: list[str], empties: list[str], partitioned_by: str) -> dict[str, Any]:
-        dbs: dict[int, Path] = {}  # the latest database of each setup's measured (non-empty) runs
+    def _scaleout(self, paths: list[str], partitioned_by: str) -> dict[str, Any]:
+        dbs: dict[int, Path] = {}  # the latest database of each setup
 
-        def flow(ps: list[str], db: Path) -> str:
-            args = f"{ps!r}, {str(db)!r}, {self.batch}, partitioned_by={partitioned_by!r}"
-            return f"bench._measure:files_flow({args})"
-
-        def cluster(ps: list[str], processes: int) -> Any:
+        def cluster(processes: int) -> Any:
             def make() -> list[list[str]]:
-                db = self.fresh("s.db")
-                if ps is paths:
-                    dbs[processes] = db
+                db = dbs[processes] = self.fresh("s.db")
+                args = f"{paths!r}, {str(db)!r}, {self.batch}, partitioned_by={partitioned_by!r}"
+                target = f"bench._measure:files_flow({args})"
                 if processes == 1:
-                    return [_bx(flow(ps, db))]
+                    return [_bx(target)]
                 addrs = ";".join(f"127.0.0.1:{_free_port()}" for _ in range(processes))
-                return [_bx(flow(ps, db), "-i", str(i), "-a", addrs) for i in range(processes)]
+                return [_bx(target, "-i", str(i), "-a", addrs) for i in range(processes)]
 
             return make
 
-        out: dict[str, Any] = {}
-        for processes in (1, 2):
-            run = self.timed(cluster(paths, processes), self.n, self.startup(cluster(empties, processes)))
-            # The flows' own clock (from the first read of a source partition to end of input): the
-            # start-up of a 2-process cluster varies by ~1 s (connection retries), too much to
-            # subtract.
-            if "summary_events_s" not in run:
-                raise RuntimeError(f"g, {processes} process(es): the flow printed no 'events/s' summary line")
-            out[f"{processes}_process"] = run
-        out["speedup"] = (
-            out["2_process"]["summary_events_s"]["median"] / out["1_process"]["summary_events_s"]["median"]
-        )
-        # What was found must not depend on the number of processes.
-        out["outputs"] = {processes: _outputs(db) for processes, db in dbs.items()}
-        return out
+        # The flows' own clock (first read of a source partition to end of input): the start-up
+        # of a 2-process cluster varies by ~1 s (connection retries), too much to subtract.
+        runs = self.interleaved({"1_process": cluster(1), "2_process": cluster(2)})
+        speedups = [two / one for one, two in zip(runs["1_process"], runs["2_process"], strict=True)]
+        return {
+            **{k: {"summary_events_s": _stats(v)} for k, v in runs.items()},
+            "speedup": statistics.median(speedups),
+            "speedup_range": [min(speedups), max(speedups)],
+            # what was found must not depend on the number of processes
+            "outputs": {processes: _outputs(db) for processes, db in dbs.items()},
+        }
 
     def kafka(self, events: int) -> None:
         """h: tansu and Postgres started here; see ``bench._kafka``."""
@@ -443,7 +449,7 @@ def report(r: dict[str, Any]) -> str:
         rows.append(
             (
                 f"f same at {fs['cards']:,} cards / {fs['merchants']:,} merchants",
-                f"{fs['cost']:.0%}",
+                f"{fs['cost']:.0%} [{fs['cost_range'][0]:.0%}-{fs['cost_range'][1]:.0%}]",
                 _fmt(fs["recovery"]["summary_events_s"], m, "M/s")
                 + " vs "
                 + _fmt(fs["no_recovery"]["summary_events_s"], m, "M/s"),
@@ -453,8 +459,14 @@ def report(r: dict[str, Any]) -> str:
         for processes in (1, 2):
             run = g[f"{processes}_process"]["summary_events_s"]
             rows.append((f"g {mode}: {processes} process(es), 4 files", _fmt(run, m, "M/s"), ""))
-        speedup = g["speedup"]
-        rows.append((f"g {mode}: speed-up", f"{speedup:.2f}x", _check(speedup >= 1.6, speedup, 1.6)))
+        speedup, (low, high) = g["speedup"], g["speedup_range"]
+        rows.append(
+            (
+                f"g {mode}: speed-up",
+                f"{speedup:.2f}x [{low:.2f}-{high:.2f}]",
+                _check(speedup >= 1.6, speedup, 1.6),
+            )
+        )
         one, two = (g["outputs"].get(k) for k in (1, 2))
         shown = ", ".join(f"{k} {v:,}" for k, v in (one or {}).items())
         rows.append((f"g {mode}: same alerts and samples", "yes" if one == two else "NO", shown))
