@@ -32,7 +32,7 @@ Variables
     in [1, 10000000]. Large batches amortise the per-shard work of every detector (1M fraud
     events, pre-parsed: ~470k events/s at 10,000, ~1M at 100,000); small ones lower the latency
     from arrival to alert on a live Kafka topic (set e.g. 1000 there) and the memory in flight
-    (1M cards and 100k merchants tracked: peak RSS ~228 MiB at 100,000, ~196 MiB at 20,000).
+    (1M cards and 100k merchants tracked: peak RSS ~218 MiB at 100,000, ~194 MiB at 20,000).
 ``SKETCHWATCH_SHARDS`` (default ``4``)
     Shards that hold the per-entity sketches, in [1, 4096]: use a multiple of the total number
     of workers (processes x ``-w``); shard ``s`` runs on worker ``s % workers`` for up to 8
@@ -62,7 +62,7 @@ Variables
     one shard per source partition, on the worker that reads it, instead of sending each
     event to the worker of its entity's hash (Flink's ``reinterpretAsKeyedStream``): no
     exchange between processes for them. For fraud, ``card_id,tx_id`` when every duplicate
-    transaction repeats its card (1M events, 2 processes: 1.2x -> 1.5x one process; see the
+    transaction repeats its card (1M events, 2 processes: 1.5x -> 1.6x one process; see the
     README). A column that does not hold this splits an entity's state over partitions and
     its alerts are wrong; the partitions must stay the same for a recovery directory
     (state is keyed by partition, and adding Kafka partitions moves keys anyway). Up to 8
