@@ -227,10 +227,15 @@ class _CountPane:
     def add(self, keys: _U64, name_of: Callable[[NDArray[np.intp]], _OBJ]) -> None:
         """Count ``keys``; ``name_of(rows)`` names the rows (of ``keys``) that are the first of
         a key new to the pane, so names are built for new keys only."""
+        new, rows = self._count(keys)
+        self.keys, self.names = _insert(self.keys, self.names, new, name_of(rows))
+
+    def _count(self, keys: _U64) -> tuple[_U64, NDArray[np.intp]]:
+        """Count ``keys``; the keys new to the pane (sorted) and the row of each one's first."""
         distinct, first, counts = _distinct(keys)
         self.cms.update(distinct, counts)  # the same counters as one by one, fewer hashes
         new = _missing(self.keys, distinct)
-        self.keys, self.names = _insert(self.keys, self.names, distinct[new], name_of(first[new]))
+        return distinct[new], first[new]
 
     def name(self, row: int) -> str:
         """The name of the key in ``row`` of :attr:`keys`."""
@@ -247,15 +252,10 @@ class _PairPane(_CountPane):
 
     def add_pairs(self, keys: _U64, firsts: _OBJ, seconds: _OBJ, idx: NDArray[np.intp]) -> None:
         """Count ``keys``; key ``i`` is named by ``firsts[idx[i]]`` and ``seconds[idx[i]]``."""
-        distinct, first, counts = _distinct(keys)
-        self.cms.update(distinct, counts)
-        new = _missing(self.keys, distinct)
-        rows = idx[first[new]]
-        if len(self.keys) == 0:
-            self.keys, self.names, self.seconds = distinct[new], firsts[rows], seconds[rows]
-            return
-        pos = np.searchsorted(self.keys, distinct[new])
-        self.keys = np.insert(self.keys, pos, distinct[new])
+        new, first = self._count(keys)
+        rows = idx[first]
+        pos = np.searchsorted(self.keys, new)
+        self.keys = np.insert(self.keys, pos, new)
         self.names = np.insert(self.names, pos, firsts[rows])
         self.seconds = np.insert(self.seconds, pos, seconds[rows])
 
