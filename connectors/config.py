@@ -65,7 +65,8 @@ Variables
     transaction repeats its card (1M events, 2 processes: 1.5x -> 1.6x one process; see the
     README). A column that does not hold this splits an entity's state over partitions and
     its alerts are wrong; the partitions must stay the same for a recovery directory
-    (state is keyed by partition, and adding Kafka partitions moves keys anyway). Up to 8
+    (state is keyed by partition, and adding Kafka partitions moves keys anyway): a resume
+    with other partitions or other columns stops with an error saying so. Up to 8
     workers each aligned shard runs where its partition is read; beyond, some are exchanged.
     An aligned shard's event-time clock is its partition's own, so an event more than a
     window's lateness behind its own partition's progress is late, as with one partition.

@@ -31,7 +31,14 @@ from connectors.config import Config, ConfigError, build_sinks, build_source
 from connectors.events import DeadLetter, EventBatch, Sample
 from connectors.sources import PartitionProgress
 from operators.alerts import Alert
-from operators.runtime import GLOBAL_KEY, DetectorSpec, detector_step, group_spec, group_specs
+from operators.runtime import (
+    GLOBAL_KEY,
+    DetectorSpec,
+    detector_step,
+    group_spec,
+    group_specs,
+    partition_guard,
+)
 from operators.sampling import sampler_for
 
 __all__ = ["build_flow", "flow_from_env", "sampling_spec"]
@@ -61,6 +68,8 @@ def build_flow(
         outputs.append(
             detector_step(spec.name, events, spec, config.shards, config.seed, config.max_skew, aligned)
         )
+    if config.partitioned_by:
+        outputs.append(partition_guard("partition_guard", events, config.partitioned_by))
     results = op.merge("results", *outputs)
     _sinks(results, config, sinks)
     _summary(name, events, results)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.recovery import RecoveryConfig
 from bytewax.testing import cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from connectors.generators import generator_for
 from connectors.sql import read_alerts, read_table
 from dataflows.common import build_flow
 from dataflows.registry import FLOWS, detectors_for
+from recovery.store import init_store
 from sketches.hashing import hash64_many
 
 SEED = 11
@@ -285,6 +287,51 @@ def test_steps_aligned_with_card_partitions_find_what_one_partition_finds(
     got, got_samples = _run_source(many, env, workers)
     assert _what(got) == _what(one) and got_samples == one_samples
     assert len(got) == len(one)
+
+
+def test_resuming_aligned_state_with_other_partitions_or_columns_stops_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    # Aligned state is kept per input partition: other partitions (or other aligned columns)
+    # would leave it behind unread, so the flow stops and says what to do.
+    events = EventBatch.concat(list(generator_for("fraud")(20_000, SEED, 0, 5_000)))
+    store = tmp_path / "store"
+    init_store(store, 1)
+    recovery = RecoveryConfig(str(store))
+    env = _env(tmp_path, SKETCHWATCH_PARTITIONED_BY="card_id,tx_id")
+
+    def run(parts: int, **extra: str) -> None:
+        config = Config.from_env("fraud", {**env, **extra})
+        source = _Partitions(_by_card(events, parts, 5_000))
+        run_main(
+            build_flow("fraud", detectors_for("fraud")(config), config, source=source),
+            recovery_config=recovery,
+        )
+
+    run(3)
+    run(3)  # the same partitions and columns: resumes (at the end of input: nothing to do)
+    # a partition added (as to a Kafka topic): Bytewax resumes the source, the guard stops
+    with pytest.raises(Exception) as added:
+        run(4)
+    assert (
+        "input has partitions ['p0', 'p1', 'p2', 'p3'], but the recovery store holds state aligned with "
+        in (_chain(added.value))
+    )
+    assert "python -m recovery reset DIR --yes" in _chain(added.value)
+    with pytest.raises(Exception) as columns:
+        run(3, SKETCHWATCH_PARTITIONED_BY="card_id")
+    assert "PARTITIONED_BY is 'card_id', but the recovery store holds state aligned by 'card_id,tx_id'" in (
+        _chain(columns.value)
+    )
+
+
+def _chain(exc: BaseException | None) -> str:
+    """The messages of ``exc`` and of the exceptions it was raised from (Bytewax wraps a step's)."""
+    out = []
+    while exc is not None:
+        out.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(out)
 
 
 def test_allocator_tuning_applies_once_unless_the_operator_chose(monkeypatch: pytest.MonkeyPatch) -> None:
