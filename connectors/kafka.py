@@ -367,6 +367,7 @@ def kafka_input(
     *,
     tail: bool | None = None,
     settings: Mapping[str, str] | None = None,
+    aligned: tuple[str, ...] = (),
 ) -> Stream[EventBatch | DeadLetter]:
     """Events of ``config``'s Kafka source (``SKETCHWATCH_SOURCE=kafka://HOST:PORT/TOPIC``).
 
@@ -390,6 +391,9 @@ def kafka_input(
         ``config.source.tail`` (``?tail=false`` in the URL), else True.
     settings : mapping, optional
         librdkafka settings; by default :func:`kafka_settings` of ``config.env``.
+    aligned : tuple of str, default ()
+        Columns whose steps are aligned with the topic's partitions (saved with the offsets;
+        see :class:`~connectors.sources.PartitionProgress`).
 
     Returns
     -------
@@ -408,7 +412,7 @@ def kafka_input(
         batch_size=config.batch,
         settings=user,
     )
-    return op.input(step_id, flow, PartitionProgress(source, config.flow, config.idle_partition))
+    return op.input(step_id, flow, PartitionProgress(source, config.flow, config.idle_partition, aligned))
 
 
 class KafkaEventSource(FixedPartitionedSource[EventBatch | DeadLetter, int]):

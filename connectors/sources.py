@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.events import SCHEMAS, EventBatch, Progress
 
-__all__ = ["GenerateFn", "GeneratorSource", "PartitionProgress"]
+__all__ = ["GenerateFn", "GeneratorSource", "Layout", "PartitionProgress", "saved_state", "unpack_saved"]
 
 S = TypeVar("S")
 
@@ -125,7 +126,7 @@ class _GeneratorPartition(StatefulSourcePartition[EventBatch, int]):
         return self._next
 
 
-class PartitionProgress(FixedPartitionedSource[Any, S], Generic[S]):
+class PartitionProgress(FixedPartitionedSource[Any, Any], Generic[S]):
     """``source`` with every event batch stamped with its :class:`~connectors.events.Progress`.
 
     The detectors keep one event-time clock per source partition (``operators.runtime``): a
@@ -136,8 +137,14 @@ class PartitionProgress(FixedPartitionedSource[Any, S], Generic[S]):
     partitions exist, and a partition says when it has ended (an empty ``"final"`` batch) or
     has had no events for ``idle_after`` seconds of wall time (an empty ``"idle"`` batch, so a
     quiet Kafka partition does not hold every clock back; it counts again with its next
-    events). Items other than event batches (dead letters) pass unchanged; resume states are
-    the wrapped source's own.
+    events). Items other than event batches (dead letters) pass unchanged.
+
+    A partition's resume state is the wrapped source's, saved with the input's layout: every
+    partition and the ``aligned`` columns (the steps that keep a shard per input partition,
+    ``SKETCHWATCH_PARTITIONED_BY``). A resume under another layout while any step is aligned
+    (partitions added, the setting changed) would leave per-partition state behind unread, so
+    :meth:`build_part` refuses it, before anything is read. States of older versions (the
+    wrapped source's alone) resume unchecked.
 
     Parameters
     ----------
@@ -147,12 +154,21 @@ class PartitionProgress(FixedPartitionedSource[Any, S], Generic[S]):
         The flow's name (marker batches are empty batches of this flow).
     idle_after : float, default 30.0
         Seconds without events after which a partition is announced idle.
+    aligned : tuple of str, default ()
+        The columns whose steps are aligned with the input partitions.
     """
 
-    def __init__(self, source: FixedPartitionedSource[Any, S], flow: str, idle_after: float = 30.0) -> None:
+    def __init__(
+        self,
+        source: FixedPartitionedSource[Any, S],
+        flow: str,
+        idle_after: float = 30.0,
+        aligned: tuple[str, ...] = (),
+    ) -> None:
         if not idle_after > 0:
             raise ValueError(f"idle_after must be a positive number of seconds, got {idle_after!r}")
         self.source, self.flow, self.idle_after = source, flow, float(idle_after)
+        self.aligned = tuple(sorted(aligned))
         self._parts: tuple[str, ...] | None = None
 
     def list_parts(self) -> list[str]:
@@ -164,16 +180,80 @@ class PartitionProgress(FixedPartitionedSource[Any, S], Generic[S]):
             self._parts = tuple(sorted(self.source.list_parts()))
         return self._parts
 
-    def build_part(self, step_id: str, for_part: str, resume_state: S | None) -> _ProgressPartition[S]:
-        inner = self.source.build_part(step_id, for_part, resume_state)
-        return _ProgressPartition(inner, self.flow, Progress(for_part, self._all_parts()), self.idle_after)
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _ProgressPartition[S]:
+        layout = Layout(self._all_parts(), self.aligned)
+        inner_state, saved_under = unpack_saved(resume_state)
+        if saved_under is not None:
+            layout.check_resume(saved_under)
+        inner = self.source.build_part(step_id, for_part, inner_state)
+        return _ProgressPartition(
+            inner, self.flow, Progress(for_part, layout.partitions), self.idle_after, layout
+        )
 
 
-class _ProgressPartition(StatefulSourcePartition[Any, S]):
+@dataclass(frozen=True)
+class Layout:
+    """What a partition's saved state depends on: every input partition (sorted) and the
+    columns whose steps keep a shard per partition."""
+
+    partitions: tuple[str, ...]
+    aligned: tuple[str, ...]
+
+    def check_resume(self, saved: Layout) -> None:
+        """Raise ``ValueError`` (what changed, what to do) if state saved under ``saved`` cannot
+        be resumed under this layout: with any aligned step, both must be equal."""
+        if saved.aligned != self.aligned:
+            raise ValueError(
+                f"SKETCHWATCH_PARTITIONED_BY: steps aligned by {_names(self.aligned)} now, by "
+                f"{_names(saved.aligned)} in the recovery store: {_START_OVER}"
+            )
+        if self.aligned and saved.partitions != self.partitions:
+            raise ValueError(
+                f"SKETCHWATCH_PARTITIONED_BY: the input has partitions {list(self.partitions)} now, "
+                f"{list(saved.partitions)} in the recovery store: {_START_OVER}"
+            )
+
+
+SAVED: Final = "sketchwatch.source-state.v1"
+"""Tag of a partition's resume state: ``(SAVED, wrapped source's state, partitions, aligned)``,
+builtins only (``python -m recovery inspect`` shows them without importing this module)."""
+
+
+def saved_state(inner: Any, layout: Layout) -> tuple[str, Any, tuple[str, ...], tuple[str, ...]]:
+    """A partition's resume state: the wrapped source's ``inner`` state under ``layout``."""
+    return (SAVED, inner, layout.partitions, layout.aligned)
+
+
+def unpack_saved(state: Any) -> tuple[Any, Layout | None]:
+    """``(wrapped source's state, layout)`` of a resume state; a state of an older version (the
+    wrapped source's alone) has no layout."""
+    if isinstance(state, tuple) and len(state) == 4 and state[0] == SAVED:
+        return state[1], Layout(tuple(state[2]), tuple(state[3]))
+    return state, None
+
+
+def _names(columns: tuple[str, ...]) -> str:
+    return repr(",".join(columns)) if columns else "no column"
+
+
+_START_OVER = (
+    "aligned steps keep their state per input partition, and would leave it behind unread. Start "
+    "over: `python -m recovery reset DIR --yes` (and empty the sinks, or accept that the new run's "
+    "alerts are added to the old ones)"
+)
+
+
+class _ProgressPartition(StatefulSourcePartition[Any, Any], Generic[S]):
     def __init__(
-        self, inner: StatefulSourcePartition[Any, S], flow: str, progress: Progress, idle_after: float
+        self,
+        inner: StatefulSourcePartition[Any, S],
+        flow: str,
+        progress: Progress,
+        idle_after: float,
+        layout: Layout,
     ) -> None:
         self._inner, self._flow, self._progress, self._idle_after = inner, flow, progress, idle_after
+        self._layout = layout
         self._asked: float | None = None  # wall clock of the first next_batch: the summary's start
         self._told = False  # whether a batch has carried it
         self._last_data = time.monotonic()
@@ -222,8 +302,8 @@ class _ProgressPartition(StatefulSourcePartition[Any, S]):
     def next_awake(self) -> datetime | None:
         return self._inner.next_awake()
 
-    def snapshot(self) -> S:
-        return self._inner.snapshot()
+    def snapshot(self) -> tuple[str, Any, tuple[str, ...], tuple[str, ...]]:
+        return saved_state(self._inner.snapshot(), self._layout)
 
     def close(self) -> None:
         self._inner.close()

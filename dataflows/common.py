@@ -31,14 +31,7 @@ from connectors.config import Config, ConfigError, build_sinks, build_source
 from connectors.events import DeadLetter, EventBatch, Sample
 from connectors.sources import PartitionProgress
 from operators.alerts import Alert
-from operators.runtime import (
-    GLOBAL_KEY,
-    DetectorSpec,
-    detector_step,
-    group_spec,
-    group_specs,
-    partition_guard,
-)
+from operators.runtime import GLOBAL_KEY, DetectorSpec, detector_step, group_spec, group_specs
 from operators.sampling import sampler_for
 
 __all__ = ["build_flow", "flow_from_env", "sampling_spec"]
@@ -56,20 +49,20 @@ def build_flow(
     benchmarks' in-memory sources; ``config``'s Kafka sinks are added either way)."""
     tune_allocator()
     flow = Dataflow(f"sketchwatch_{name}")
-    split = op.branch("split", _source(flow, config, source), _is_batch)
+    specs = [group_spec(group) for group in group_specs(detectors)]  # one step per entity column
+    # the columns of the steps aligned with the input partitions: saved with the source's state
+    aligned = tuple(sorted({s.key for s in specs if s.key is not None and s.key in config.partitioned_by}))
+    split = op.branch("split", _source(flow, config, source, aligned), _is_batch)
     events = cast(Stream[EventBatch], split.trues)
     dead = cast(Stream[DeadLetter], split.falses)
     if config.env.get(CHAOS_VARIABLE):
         events = op.map("chaos", events, _Chaos(config.env[CHAOS_VARIABLE]))
     outputs: list[Stream[Any]] = [dead]
-    for group in group_specs(detectors):  # detectors keyed by one column share a step
-        spec = group_spec(group)
-        aligned = spec.key in config.partitioned_by
+    for spec in specs:
+        on_partitions = spec.key in aligned
         outputs.append(
-            detector_step(spec.name, events, spec, config.shards, config.seed, config.max_skew, aligned)
+            detector_step(spec.name, events, spec, config.shards, config.seed, config.max_skew, on_partitions)
         )
-    if config.partitioned_by:
-        outputs.append(partition_guard("partition_guard", events, config.partitioned_by))
     results = op.merge("results", *outputs)
     _sinks(results, config, sinks)
     _summary(name, events, results)
@@ -77,17 +70,14 @@ def build_flow(
 
 
 def _source(
-    flow: Dataflow, config: Config, source: FixedPartitionedSource[Any, Any] | None
+    flow: Dataflow, config: Config, source: FixedPartitionedSource[Any, Any] | None, aligned: tuple[str, ...]
 ) -> Stream[EventBatch | DeadLetter]:
-    if source is not None:
-        return op.input("source", flow, PartitionProgress(source, config.flow, config.idle_partition))
-    if config.source.kind == "kafka":
+    if source is None and config.source.kind == "kafka":
         from connectors.kafka import kafka_input  # librdkafka only for flows that use Kafka
 
-        return kafka_input(flow, "source", config)
-    return op.input(
-        "source", flow, PartitionProgress(build_source(config), config.flow, config.idle_partition)
-    )
+        return kafka_input(flow, "source", config, aligned=aligned)
+    inner = build_source(config) if source is None else source
+    return op.input("source", flow, PartitionProgress(inner, config.flow, config.idle_partition, aligned))
 
 
 def _sinks(results: Stream[Any], config: Config, sinks: list[DynamicSink[Any]] | None) -> None:

@@ -26,7 +26,6 @@ import pickle
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any
 
 import bytewax.operators as op
@@ -187,55 +186,6 @@ def partition_shard(batch: EventBatch, columns: tuple[str, ...] | None) -> tuple
     # A fresh memo: memoised splits carry the batch's progress, which this copy replaces.
     own = replace(part, progress=Progress(p.partition, (p.partition,), p.state), memo={})
     return partition_key(p.partition, p.partitions), own
-
-
-def partition_guard(step_id: str, events: Stream[EventBatch], columns: tuple[str, ...]) -> Stream[Any]:
-    """A step that stops the flow when its aligned steps would resume state kept for other
-    source partitions or other aligned ``columns`` (``SKETCHWATCH_PARTITIONED_BY``).
-
-    Aligned steps keep their state per source partition (:func:`partition_shard`): with other
-    partitions (Kafka partitions added) or other columns, that state would be left behind
-    unread. This step remembers both and fails with what to do instead. It emits nothing."""
-
-    def partitions_of(batch: EventBatch) -> tuple[str, tuple[str, ...]] | None:
-        return None if batch.progress is None else (GLOBAL_KEY, batch.progress.partitions)
-
-    seen = op.filter_map(f"{step_id}_partitions", events, partitions_of)
-    out = op.stateful_batch(step_id, seen, partial(_PartitionGuard, columns))
-    return op.map(f"{step_id}_out", out, _value)
-
-
-_GuardState = tuple[tuple[str, ...], tuple[str, ...] | None]
-
-
-class _PartitionGuard(StatefulBatchLogic[tuple[str, ...], Any, _GuardState]):
-    def __init__(self, columns: tuple[str, ...], resume: _GuardState | None) -> None:
-        self.columns, self.partitions = columns, None if resume is None else resume[1]
-        if resume is not None and resume[0] != columns:
-            raise ValueError(
-                f"SKETCHWATCH_PARTITIONED_BY is {','.join(columns)!r}, but the recovery store holds "
-                f"state aligned by {','.join(resume[0])!r}: {_RESET}"
-            )
-
-    def on_batch(self, values: list[tuple[str, ...]]) -> tuple[Iterable[Any], bool]:
-        for partitions in values:
-            if self.partitions is None:
-                self.partitions = partitions
-            elif partitions != self.partitions:
-                raise ValueError(
-                    f"SKETCHWATCH_PARTITIONED_BY: the input has partitions {list(partitions)}, but the "
-                    f"recovery store holds state aligned with {list(self.partitions)}: {_RESET}"
-                )
-        return (), StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> _GuardState:
-        return self.columns, self.partitions
-
-
-_RESET = (
-    "aligned steps keep their state per input partition and would leave it behind; start over "
-    "with a reset store (`python -m recovery reset DIR --yes`) or run with the old setting"
-)
 
 
 class PartitionClock:

@@ -67,7 +67,9 @@ Why the sinks store each alert once
 What the guarantee needs
 ------------------------
 - The same configuration across a crash and its resume: ``SKETCHWATCH_SHARDS``,
-  ``SKETCHWATCH_SEED``, detector parameters, the sinks, step ids and detector code. A renamed
+  ``SKETCHWATCH_SEED``, ``SKETCHWATCH_PARTITIONED_BY`` (checked: the source refuses to resume
+  aligned state under other partitions or another setting), detector parameters, the sinks,
+  step ids and detector code. A renamed
   step silently starts empty; a different shard count re-keys all state. To change them, start
   over: ``python -m recovery reset DIR --yes`` (and empty the sinks, or accept that alerts of
   the new run are added to the old ones).

@@ -47,6 +47,8 @@ from typing import Any, Final
 
 from bytewax.recovery import init_db_dir
 
+from connectors.sources import unpack_saved
+
 __all__ = [
     "ExecutionReport",
     "PartitionReport",
@@ -503,7 +505,11 @@ def inspect_store(directory: Path | str) -> StoreReport:
         )
     parts.sort(key=lambda p: (p.part_index is None, p.part_index or 0, p.path.name))
     steps = _merge_steps(parts)
-    offsets = {s.step_id: dict(s.values) for s in steps if s.is_input and s.values is not None}
+    offsets = {
+        s.step_id: {key: unpack_saved(value)[0] for key, value in s.values.items()}
+        for s in steps
+        if s.is_input and s.values is not None
+    }
     return StoreReport(
         directory=d,
         partition_count=count,

@@ -15,7 +15,7 @@ from bytewax.testing import TestingSink, run_main
 
 from connectors import sources
 from connectors.events import SCHEMAS, DeadLetter, EventBatch, Progress
-from connectors.sources import GeneratorSource, PartitionProgress
+from connectors.sources import GeneratorSource, Layout, PartitionProgress, saved_state
 
 
 def generate(n_events: int, seed: int, start: int, batch_size: int) -> Iterator[EventBatch]:
@@ -143,8 +143,33 @@ def test_progress_stamps_batches_and_ends_with_a_final_marker() -> None:
     assert list(marker.columns) == list(SCHEMAS["fraud"].names)  # empty columns of the flow
     with pytest.raises(StopIteration):
         part.next_batch()
-    assert part.snapshot() == 1 and part.next_awake() == datetime(2026, 1, 1, tzinfo=timezone.utc)
+    # the wrapped source's state, with the layout it was read under
+    assert part.snapshot() == saved_state(1, Layout(("a", "b"), ()))
+    assert part.next_awake() == datetime(2026, 1, 1, tzinfo=timezone.utc)
     part.close()
+
+
+def test_progress_resumes_only_the_layout_aligned_state_was_kept_under() -> None:
+    scripts = {"a": [[_batch(2)], [_batch(1)], "end"], "b": ["end"]}
+    aligned = PartitionProgress(_Scripted(scripts), "fraud", aligned=("card_id",))
+    saved = aligned.build_part("in", "a", None)
+    saved.next_batch()
+    state = saved.snapshot()
+    assert state == saved_state(1, Layout(("a", "b"), ("card_id",)))
+    assert len(aligned.build_part("in", "a", state).next_batch()[0]) == 1  # resumed where it was
+    with pytest.raises(ValueError, match=r"input has partitions \['a', 'b', 'c'\] now, \['a', 'b'\] in the"):
+        PartitionProgress(_Scripted({**scripts, "c": ["end"]}), "fraud", aligned=("card_id",)).build_part(
+            "in", "a", state
+        )
+    with pytest.raises(
+        ValueError, match="steps aligned by no column now, by 'card_id' in the recovery store"
+    ):
+        PartitionProgress(_Scripted(scripts), "fraud").build_part("in", "a", state)
+    # without aligned steps, partitions may change; a state of an older version resumes as it is
+    plain = saved_state(1, Layout(("a", "b"), ()))
+    more = PartitionProgress(_Scripted({**scripts, "c": ["end"]}), "fraud")
+    assert len(more.build_part("in", "a", plain).next_batch()[0]) == 1
+    assert len(aligned.build_part("in", "a", 1).next_batch()[0]) == 1
 
 
 def test_progress_announces_a_quiet_partition_once_until_it_has_events(

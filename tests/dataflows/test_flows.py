@@ -292,36 +292,49 @@ def test_steps_aligned_with_card_partitions_find_what_one_partition_finds(
 def test_resuming_aligned_state_with_other_partitions_or_columns_stops_with_a_clear_error(
     tmp_path: Path,
 ) -> None:
-    # Aligned state is kept per input partition: other partitions (or other aligned columns)
-    # would leave it behind unread, so the flow stops and says what to do.
+    # Aligned state is kept per input partition: other partitions, or other aligned steps,
+    # would leave it behind unread, so the source refuses to resume before reading anything.
     events = EventBatch.concat(list(generator_for("fraud")(20_000, SEED, 0, 5_000)))
+
+    runs = iter(range(100))
+
+    def run(store: Path, parts: int, aligned: str) -> list[dict[str, Any]]:
+        out = tmp_path / f"run{next(runs)}"  # each run's own database: what it wrote
+        config = Config.from_env("fraud", _env(out, SKETCHWATCH_PARTITIONED_BY=aligned))
+
+        source = _Partitions(_by_card(events, parts, 5_000))
+        flow = build_flow("fraud", detectors_for("fraud")(config), config, source=source)
+        run_main(flow, recovery_config=RecoveryConfig(str(store)))
+        return read_alerts(config.sinks[0].url)
+
+    def refused(store: Path, parts: int, aligned: str) -> str:
+        with pytest.raises(Exception) as info:
+            run(store, parts, aligned)
+        return _chain(info.value)
+
     store = tmp_path / "store"
     init_store(store, 1)
-    recovery = RecoveryConfig(str(store))
-    env = _env(tmp_path, SKETCHWATCH_PARTITIONED_BY="card_id,tx_id")
-
-    def run(parts: int, **extra: str) -> None:
-        config = Config.from_env("fraud", {**env, **extra})
-        source = _Partitions(_by_card(events, parts, 5_000))
-        run_main(
-            build_flow("fraud", detectors_for("fraud")(config), config, source=source),
-            recovery_config=recovery,
-        )
-
-    run(3)
-    run(3)  # the same partitions and columns: resumes (at the end of input: nothing to do)
-    # a partition added (as to a Kafka topic): Bytewax resumes the source, the guard stops
-    with pytest.raises(Exception) as added:
-        run(4)
+    assert run(store, 3, "card_id,tx_id")
+    # the same layout resumes (in any column order, with a column that keys no step), and
+    # writes nothing more: the input was read to its end
+    assert run(store, 3, "tx_id,card_id,amount") == []
+    added = refused(store, 4, "card_id,tx_id")  # a partition added, as to a Kafka topic
     assert (
-        "input has partitions ['p0', 'p1', 'p2', 'p3'], but the recovery store holds state aligned with "
-        in (_chain(added.value))
+        "the input has partitions ['p0', 'p1', 'p2', 'p3'] now, ['p0', 'p1', 'p2'] in the recovery store"
+        in added
     )
-    assert "python -m recovery reset DIR --yes" in _chain(added.value)
-    with pytest.raises(Exception) as columns:
-        run(3, SKETCHWATCH_PARTITIONED_BY="card_id")
-    assert "PARTITIONED_BY is 'card_id', but the recovery store holds state aligned by 'card_id,tx_id'" in (
-        _chain(columns.value)
+    assert "python -m recovery reset DIR --yes" in added
+    assert "steps aligned by 'card_id' now, by 'card_id,tx_id' in the recovery store" in refused(
+        store, 3, "card_id"
+    )
+    assert "steps aligned by no column now, by 'card_id,tx_id'" in refused(store, 3, "")
+    # and the other way: state kept by hash is not resumed by aligned steps either
+    by_hash = tmp_path / "by_hash"
+    init_store(by_hash, 1)
+    run(by_hash, 3, "")
+    run(by_hash, 4, "")  # without aligned steps partitions may change: state is keyed by hash
+    assert "steps aligned by 'card_id' now, by no column in the recovery store" in refused(
+        by_hash, 4, "card_id"
     )
 
 
