@@ -168,7 +168,7 @@ class PartitionProgress(FixedPartitionedSource[Any, Any], Generic[S]):
         if not idle_after > 0:
             raise ValueError(f"idle_after must be a positive number of seconds, got {idle_after!r}")
         self.source, self.flow, self.idle_after = source, flow, float(idle_after)
-        self.aligned = tuple(sorted(aligned))
+        self.aligned = tuple(sorted(set(aligned)))  # the layout's canonical form
         self._parts: tuple[str, ...] | None = None
 
     def list_parts(self) -> list[str]:
@@ -272,11 +272,10 @@ class _ProgressPartition(StatefulSourcePartition[Any, Any], Generic[S]):
             return [self._marker("final")]
         now = time.monotonic()
         stamped = [self._stamp(x) for x in items]
-        if not self._told:  # the first events carry when reading began
-            first = next((x for x in stamped if isinstance(x, EventBatch)), None)
-            if first is not None:
+        first = next((x for x in stamped if isinstance(x, EventBatch)), None)
+        if first is not None:
+            if not self._told:  # the partition's first events carry when reading began
                 first.read_at, self._told = self._asked, True
-        if any(isinstance(x, EventBatch) for x in stamped):
             self._last_data, self._idle = now, False
         elif not self._idle and now - self._last_data >= self._idle_after:
             self._idle = True

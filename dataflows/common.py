@@ -51,7 +51,7 @@ def build_flow(
     flow = Dataflow(f"sketchwatch_{name}")
     specs = [group_spec(group) for group in group_specs(detectors)]  # one step per entity column
     # the columns of the steps aligned with the input partitions: saved with the source's state
-    aligned = tuple(sorted({s.key for s in specs if s.key is not None and s.key in config.partitioned_by}))
+    aligned = tuple(s.key for s in specs if s.key in config.partitioned_by)
     split = op.branch("split", _source(flow, config, source, aligned), _is_batch)
     events = cast(Stream[EventBatch], split.trues)
     dead = cast(Stream[DeadLetter], split.falses)
