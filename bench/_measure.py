@@ -28,6 +28,7 @@ import numpy as np
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from numpy.typing import NDArray
 
 import dataflows.common
 from connectors.config import DEFAULTS, Config
@@ -46,16 +47,21 @@ _K_CARD, _K_MERCHANT = 2_654_435_761, 40_503  # odd, not multiples of 5: bijecti
 def remapped(events: int, seed: int, batch: int, cards: int, merchants: int) -> Iterator[EventBatch]:
     """The fraud generator's batches, ``card_id`` -> ``card-<p*K % cards>`` (all ``cards`` ids
     active once ``events >= cards``) and likewise ``merchant_id``; 0 keeps a column."""
+    ids = {"card_id": ("card-", _K_CARD, cards), "merchant_id": ("m-", _K_MERCHANT, merchants)}
     for b in generator("fraud")(events, seed, 0, batch):
-        cols = dict(b.columns)
-        p = b.positions.astype(np.int64)
-        if cards:
-            cols["card_id"] = np.char.add("card-", ((p * _K_CARD) % cards).astype(str)).astype(object)
-        if merchants:
-            cols["merchant_id"] = np.char.add("m-", ((p * _K_MERCHANT) % merchants).astype(str)).astype(
-                object
-            )
-        yield EventBatch(b.flow, b.positions, cols)
+        flow, positions, columns = b.flow, b.positions, b.columns
+        del b  # not held while the flow runs: d measures the flow's memory, not this harness's
+        p = positions.astype(np.int64)
+        cols = {}
+        for name in columns:  # replaced columns are never built (lazy), so never held
+            prefix, k, count = ids.get(name, ("", 0, 0))
+            cols[name] = _ids(prefix, p * k % count) if count else columns[name]
+        del columns
+        yield EventBatch(flow, positions, cols)
+
+
+def _ids(prefix: str, numbers: NDArray[np.int64]) -> NDArray[np.object_]:
+    return np.char.add(prefix, numbers.astype(str)).astype(object)
 
 
 class _IterPartition(StatefulSourcePartition[EventBatch, int]):

@@ -157,7 +157,7 @@ class EventBatch:
     columns: Mapping[str, NDArray[Any]] = field(default_factory=dict)
     hashes: dict[tuple[str, int], NDArray[np.uint64]] = field(default_factory=dict, repr=False, compare=False)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
-    """Other per-batch results that are a pure function of the batch (the runtime's shard split)."""
+    """Other per-batch results that are a pure function of the batch (the entity detectors' grouping)."""
     progress: Progress | None = field(default=None, compare=False)
     """The source partition it came from (set by ``connectors.sources.PartitionProgress``)."""
     progress_ts: NDArray[np.float64] | None = field(default=None, repr=False, compare=False)

@@ -11,7 +11,8 @@ Detector parameters (``SKETCHWATCH_FRAUD_<NAME>``, defaults in brackets):
 - amount_outlier: ``OUTLIER_HALF_LIFE`` [86400 s], ``OUTLIER_MIN_HISTORY`` [5], ``OUTLIER_Z`` [4],
   ``OUTLIER_RATIO`` [10], ``OUTLIER_IDLE_TTL`` [604800 s]
 - card_velocity: ``VELOCITY_LAST_N`` [10], ``VELOCITY_GAP`` [10 s], ``VELOCITY_MIN_RAPID`` [8],
-  ``VELOCITY_COOLDOWN`` [300 s]
+  ``VELOCITY_COOLDOWN`` [300 s], ``VELOCITY_LATENESS`` [60 s: how far an event may trail the
+  clock and still find its card's previous event; a quiet card is kept gap + lateness]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from connectors.config import Config
 from dataflows.common import flow_from_env, sampling_spec
-from operators.detectors.entity import DuplicateDetector, OutlierDetector, VelocityDetector
+from operators.detectors.entity import DEFAULT_LATENESS, DuplicateDetector, OutlierDetector, VelocityDetector
 from operators.detectors.windowed import WindowedCountSurge
 from operators.runtime import DetectorSpec
 
@@ -89,6 +90,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 gap=p("velocity_gap", 10.0, low=0),
                 min_rapid=p("velocity_min_rapid", 8, int, low=1),
                 cooldown=p("velocity_cooldown", 300.0, low=0),
+                lateness=p("velocity_lateness", DEFAULT_LATENESS, low=0),
                 idle_ttl=config.idle_ttl,
             ),
             columns=("card_id", "ts"),

@@ -125,18 +125,13 @@ def split_by_shard(
 
     The key column is hashed once per batch (:meth:`EventBatch.key_hashes`); every sub-batch
     carries its events' hashes of that column under ``(key, seed)``, so a detector keyed by the
-    same column with the same seed does not hash it again. The split is memoised on the batch:
-    steps keyed by the same column get the same sub-batch objects (detectors never modify a
-    batch), so only the first of them pays for the routing.
+    same column with the same seed does not hash it again. The split is not kept on the batch:
+    a flow has one step per key column (:func:`group_specs`), and a memo would hold every
+    step's sub-batches until the last step had read the batch (~10 MB per 100,000 events).
     """
     if key is None or shards == 1:
         return [(GLOBAL_KEY, batch)] if len(batch) else []
-    memo_key = ("split_by_shard", key, shards, int(seed))
-    cached: list[tuple[str, EventBatch]] | None = batch.memo.get(memo_key)
-    if cached is None:
-        cached = _split(batch, key, shards, int(seed))
-        batch.memo[memo_key] = cached
-    return list(cached)
+    return _split(batch, key, shards, int(seed))
 
 
 def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[str, EventBatch]]:
@@ -183,7 +178,7 @@ def partition_shard(batch: EventBatch, columns: tuple[str, ...] | None) -> tuple
     if p is None:
         raise ValueError("partition_shard: the batch has no progress (its source partition is unknown)")
     part = batch if columns is None or p.state != "data" else batch.project(columns)
-    # A fresh memo: memoised splits carry the batch's progress, which this copy replaces.
+    # A fresh memo: what is memoised belongs to the batch it was built on, not to this copy.
     own = replace(part, progress=Progress(p.partition, (p.partition,), p.state), memo={})
     return partition_key(p.partition, p.partitions), own
 

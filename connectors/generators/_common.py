@@ -307,7 +307,7 @@ def iter_batches(
             held += take
             offset += take
             if held == batch_size:
-                yield EventBatch.concat(pending)
-                pending, held = [], 0
+                out, pending, held = EventBatch.concat(pending), [], 0
+                yield out  # the pieces are not held here while the caller uses the batch
     if pending:
         yield EventBatch.concat(pending)

@@ -30,7 +30,9 @@ are cut. An entity's previous event time is a column of its table (``prev_ts``),
 also the table's eviction clock: no separate last-seen column. The OutlierDetector and
 StuckDetector evict after every batch; the DGIM detectors sweep their state whenever the
 shard clock has advanced by ``idle_ttl / 16`` since the last sweep, so they hold no entity
-idle longer than about ``17 / 16 * idle_ttl``.
+idle longer than about ``17 / 16 * idle_ttl``; an entity with an empty DGIM and no alert
+they hold only while its previous event can still change a bit (``recall``: velocity's
+``gap + lateness``; none for breaches), which bounds their state by the recent entities.
 
 >>> import numpy as np
 >>> from connectors.events import EventBatch
@@ -97,6 +99,9 @@ _EVICT_EVERY: Final = 1.0 / 16
 of ``idle_ttl`` since the last sweep, not at every batch (an eviction rebuilds a table: ~15 ms
 at a million rows). An idle row kept a little longer changes nothing: an entity whose previous
 event is more than ``idle_ttl`` back starts afresh whether or not its row is still there."""
+
+DEFAULT_LATENESS: Final = 60.0
+"""VelocityDetector's default ``lateness`` (seconds an event may trail the shard clock)."""
 
 
 # -- shared helpers --------------------------------------------------------------------------
@@ -694,14 +699,23 @@ class _DGIMDetector(Detector):
     :class:`sketches.DGIM` object per entity.
 
     Memory (the table path). Most entities' DGIM is empty (no 1-bit among their last
-    ``last_n`` events) and they never alerted, so the state is held in two tables: every
-    entity's previous timestamp (``_table``, 16 bytes per entity with its key) and, for the
+    ``last_n`` events) and they never alerted, so the state is held in two tables: for the
     *hot* entities only (a bucket or an alert), their masks, last alert time and previous
-    timestamp (``_hot``). An entity missing from ``_hot`` has an empty DGIM and no alert,
-    exactly what a row of defaults would hold. The eviction sweep drops from ``_hot`` the
-    idle entities (the same ones as from ``_table``: both hold the same previous timestamp)
-    and the entities that went cold again.
+    timestamp (``_hot``), and the *recent* entities' previous timestamps (``_table``, 16 bytes
+    per entity with its key). An entity missing from ``_hot`` has an empty DGIM and no alert,
+    exactly what a row of defaults would hold; for such an entity the previous timestamp
+    matters only to the bit of its next event (a reset of an empty DGIM changes nothing), so
+    ``_table`` keeps it only as long as it can (:attr:`recall`): the rapid gap plus the
+    allowed lateness for velocity, not at all for breaches (whose bits ignore it), instead of
+    every entity for ``idle_ttl``. The eviction sweeps drop from ``_hot`` the idle entities
+    and the entities that went cold again, and from ``_table`` the entities seen more than
+    ``recall`` before the shard clock.
     """
+
+    recall: float
+    """Seconds of event time for which a cold entity's previous timestamp can still change the
+    bit of its next event, when that event is at most ``lateness`` (velocity) behind the shard
+    clock: ``_table`` forgets it after that, with no change to any bit or alert."""
 
     def __init__(
         self,
@@ -713,6 +727,7 @@ class _DGIMDetector(Detector):
         threshold: int,
         cooldown: float,
         idle_ttl: float,
+        recall: float,
     ) -> None:
         self.flow = flow
         self.name = name
@@ -722,15 +737,21 @@ class _DGIMDetector(Detector):
         self.threshold = _int_at_least("threshold", threshold, 1)
         self.cooldown = _non_negative("cooldown", cooldown)
         self.idle_ttl = _positive("idle_ttl", idle_ttl)
+        self.recall = min(recall, self.idle_ttl)
         self.error_bound = DGIM(self.last_n, self.r).error_bound  # also validates window and r
         self._clock = -math.inf
         self._swept = -math.inf  # shard clock at the last eviction sweep
+        self._swept_recent = -math.inf  # ... and at the last sweep of ``_table``
         self._states: dict[int, list[Any]] = {}  # the per-object path (last_n > 64)
         self._table: EntityTable | None = None  # the vectorised path (last_n <= 64): all entities
         self._hot: EntityTable | None = None  # ... and the entities with buckets or an alert
         if self.last_n <= DGIM_TABLE_MAX_WINDOW:
-            self._table = EntityTable({"prev_ts": (np.float64, -math.inf)}, self.idle_ttl, clock="prev_ts")
+            self._table = self._recent_table()
             self._hot = EntityTable(self._hot_columns(), self.idle_ttl, clock="prev_ts")
+
+    def _recent_table(self) -> EntityTable:
+        # EntityTable needs a positive TTL; with no recall the table is never written
+        return EntityTable({"prev_ts": (np.float64, -math.inf)}, max(self.recall, 1e-9), clock="prev_ts")
 
     def _hot_columns(self) -> dict[str, tuple[Any, Any]]:
         mask_dtype = _mask_dtype(self.last_n)
@@ -743,8 +764,10 @@ class _DGIMDetector(Detector):
 
     @property
     def n_entities(self) -> int:
-        """Entities currently held in state."""
-        return len(self._table) if self._table is not None else len(self._states)
+        """Entities currently held in state (O(entities))."""
+        if self._table is None or self._hot is None:
+            return len(self._states)
+        return len(np.union1d(self._table.keys, self._hot.keys))
 
     def _bits(self, batch: EventBatch, g: _Groups, sts: FloatArray, prev: FloatArray) -> BoolArray:
         """The bit of each event in sorted order; ``prev`` is the entity's previous event time
@@ -770,19 +793,26 @@ class _DGIMDetector(Detector):
         clock = event_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
         keys = g.unique_keys
-        rows = table.rows(keys)
-        prev = _previous(sts, g, table["prev_ts"][rows])
+        levels = DGIMTable.levels_for(self.last_n)
+        # a cold entity (no row in hot): an empty DGIM, no alert, its previous time in table
+        # if recent (else -inf: too far back to change its bit, and a reset changes nothing)
+        mask_names = [f"m{j}" for j in range(levels)]
+        defaults = {"last_alert": -np.inf, "prev_ts": -np.inf, **dict.fromkeys(mask_names, 0)}
+        was_hot, hot_rows, stored = hot.lookup(keys, defaults)
+        rows = table.rows(keys) if self.recall > 0 else None
+        if rows is not None:
+            cold = np.ones(len(keys), dtype=np.bool_)
+            cold[was_hot] = False
+            stored["prev_ts"][cold] = table["prev_ts"][rows[cold]]
+        prev = _previous(sts, g, stored["prev_ts"])
         reset = prev < clock - self.idle_ttl
         bits = self._bits(batch, g, sts, np.where(reset, -np.inf, prev))
-        levels = DGIMTable.levels_for(self.last_n)
-        # a cold entity (no row in hot): an empty DGIM, no alert
-        mask_names = [f"m{j}" for j in range(levels)]
-        was_hot, hot_rows, stored = hot.lookup(keys, {"last_alert": -np.inf, **dict.fromkeys(mask_names, 0)})
         masks = np.stack([stored[m] for m in mask_names], axis=1).astype(np.uint64)
         dgims = DGIMTable(self.last_n, self.r, masks=masks)
         est, lo, hi = dgims.add(g.gid, bits, reset)
         last_ts = sts[g.ends - 1]
-        table["prev_ts"][rows] = last_ts
+        if rows is not None:
+            table["prev_ts"][rows] = last_ts
 
         # Cooldown, in input order per entity, over the 1-bit events whose estimate is high enough;
         # a reset (at or before an event) forgets the entity's last alert.
@@ -817,14 +847,21 @@ class _DGIMDetector(Detector):
         values: dict[str, NDArray[Any]] = {m: new_masks[:, j] for j, m in enumerate(mask_names)}
         values.update(last_alert=last_alert, prev_ts=last_ts)
         hot.store(keys, values, was_hot, hot_rows, _is_hot([values[m] for m in mask_names], last_alert))
-        if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
-            self._swept = self._clock
-            table.evict(self._clock)
-            hot.evict(self._clock)
-            hot.drop(~_is_hot([hot[m] for m in mask_names], hot["last_alert"]))
+        self._sweep(table, hot, mask_names)
         if not hits:
             return []
         return self._alerts(batch, g, sts, prev, [(i, int(est[i]), (int(lo[i]), int(hi[i]))) for i in hits])
+
+    def _sweep(self, table: EntityTable, hot: EntityTable, mask_names: list[str]) -> None:
+        """Every ``1/16`` of ``idle_ttl`` (of ``recall``) of shard clock, drop the idle and the
+        cold-again entities from ``hot`` (the entities seen before ``recall`` from ``table``)."""
+        if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
+            self._swept = self._clock
+            hot.evict(self._clock)
+            hot.drop(~_is_hot([hot[m] for m in mask_names], hot["last_alert"]))
+        if len(table) and self._clock >= self._swept_recent + _EVICT_EVERY * self.recall:
+            self._swept_recent = self._clock
+            table.evict(self._clock)
 
     def _process_objects(self, batch: EventBatch) -> list[Output]:
         """One :class:`sketches.DGIM` object per entity, one Python step per event (windows
@@ -923,7 +960,7 @@ class _DGIMDetector(Detector):
         ``_table`` (previous timestamps) and ``_hot`` (entities with buckets or an alert)."""
         old = self._table
         assert old is not None
-        self._table = EntityTable({"prev_ts": (np.float64, -math.inf)}, self.idle_ttl, clock="prev_ts")
+        self._table = self._recent_table()
         rows = self._table.rows(old.keys)
         self._table["prev_ts"][rows] = old["prev_ts"]
         columns = self._hot_columns()
@@ -951,11 +988,20 @@ class _DGIMDetector(Detector):
         state["_blob"] = b"".join(blobs)
         return state
 
+    def _default_recall(self, state: dict[str, Any]) -> float:
+        """:attr:`recall` for a snapshot from before it (``state``: its attributes)."""
+        return float(state["idle_ttl"])
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "recall" not in state:  # a snapshot from before the recent table
+            recall = min(self._default_recall(state), state["idle_ttl"])
+            state = {**state, "recall": recall, "_swept_recent": -math.inf}
         if state.get("_table") is not None:
             self.__dict__.update(state)
             if state.get("_hot") is None:  # a snapshot from before the hot table: split it
                 self._split_table()
+            assert self._table is not None
+            self._table.idle_ttl = max(self.recall, 1e-9)  # an older table kept idle_ttl
             return
         state = dict(state)
         state.setdefault("_table", None)
@@ -998,6 +1044,12 @@ class VelocityDetector(_DGIMDetector):
     cooldown : float, default 300.0
     idle_ttl : float, default 3600.0
         An entity idle this long starts afresh (module docstring).
+    lateness : float, default 60.0
+        Seconds an event may trail the shard clock and still get its exact bit. An entity
+        with an empty DGIM is remembered for ``gap + lateness`` seconds after its last event
+        (:attr:`recall`), not ``idle_ttl``: an event later than that may miss its
+        predecessor (bit 0). It bounds the state to the entities of the last ``gap +
+        lateness`` seconds plus the bursting ones.
 
     Notes
     -----
@@ -1023,9 +1075,16 @@ class VelocityDetector(_DGIMDetector):
         min_rapid: int = 8,
         cooldown: float = 300.0,
         idle_ttl: float = 3600.0,
+        lateness: float = DEFAULT_LATENESS,
     ) -> None:
-        super().__init__(flow, name, entity_column, last_n, r, min_rapid, cooldown, idle_ttl)
         self.gap = _non_negative("gap", gap)
+        self.lateness = _non_negative("lateness", lateness)
+        recall = self.gap + self.lateness
+        super().__init__(flow, name, entity_column, last_n, r, min_rapid, cooldown, idle_ttl, recall)
+
+    def _default_recall(self, state: dict[str, Any]) -> float:
+        state.setdefault("lateness", DEFAULT_LATENESS)
+        return float(state["gap"]) + DEFAULT_LATENESS
 
     def _bits(self, batch: EventBatch, g: _Groups, sts: FloatArray, prev: FloatArray) -> BoolArray:
         with np.errstate(invalid="ignore"):
@@ -1081,9 +1140,13 @@ class BreachDetector(_DGIMDetector):
         cooldown: float = 600.0,
         idle_ttl: float = 3600.0,
     ) -> None:
-        super().__init__(flow, name, entity_column, last_n, r, min_breaches, cooldown, idle_ttl)
+        # the bits are the readings alone: a cold entity's previous time never matters
+        super().__init__(flow, name, entity_column, last_n, r, min_breaches, cooldown, idle_ttl, 0.0)
         self.value_column = value_column
         self.limit = float(limit)
+
+    def _default_recall(self, state: dict[str, Any]) -> float:
+        return 0.0
 
     def _bits(self, batch: EventBatch, g: _Groups, sts: FloatArray, prev: FloatArray) -> BoolArray:
         values = np.asarray(batch[self.value_column], dtype=np.float64)[g.order]

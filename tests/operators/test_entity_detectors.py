@@ -504,7 +504,7 @@ def test_pickle_round_trip_mid_stream(name: str) -> None:
 def test_dgim_state_pickles_compactly() -> None:
     det = velocity_factory()
     run(det, fraud_stream(FRAUD_N, 4, cards=400))
-    assert det.n_entities > 100  # type: ignore[attr-defined]
+    assert det.n_entities > 50  # type: ignore[attr-defined]
     size = len(pickle.dumps(det, protocol=pickle.HIGHEST_PROTOCOL))
     assert size < 120 * det.n_entities  # type: ignore[attr-defined]
 
@@ -524,7 +524,7 @@ def idle_batch(entity_column: str, value_column: str, flow: str, idle_ttl: float
     "factory",
     [
         lambda: OutlierDetector(idle_ttl=500.0),
-        lambda: VelocityDetector(idle_ttl=500.0),
+        lambda: VelocityDetector(idle_ttl=500.0, lateness=1000.0),  # recall: idle_ttl
         lambda: BreachDetector(idle_ttl=500.0),
         lambda: StuckDetector(idle_ttl=500.0),
     ],
@@ -534,10 +534,12 @@ def test_idle_entities_are_evicted(factory: Factory) -> None:
     ecol = "card_id" if isinstance(det, (OutlierDetector, VelocityDetector)) else "device_id"
     vcol = "amount" if isinstance(det, OutlierDetector) else "temperature"
     batch = idle_batch(ecol, vcol, "fraud" if ecol == "card_id" else "iot", 500.0)
+    # breaches keep no cold entity (their bits ignore the previous time), and none is hot here
+    held = 0 if isinstance(det, BreachDetector) else 1
     det.process(batch.take(np.arange(100)))
-    assert det.n_entities == 100
+    assert det.n_entities == 100 * held
     det.process(batch.take(np.arange(100, 101)))
-    assert det.n_entities == 1  # all others idle > idle_ttl before the shard clock
+    assert det.n_entities == held  # all others idle > idle_ttl before the shard clock
     size_after = len(pickle.dumps(det))
     fresh: Any = factory()
     fresh.process(batch.take(np.arange(100, 101)))
@@ -637,7 +639,7 @@ def test_long_window_uses_dgim_objects_and_matches_reference() -> None:
 
 
 def test_dgim_table_snapshot_bytes_per_entity() -> None:
-    det = VelocityDetector(idle_ttl=1e9)
+    det = VelocityDetector(idle_ttl=1e9, lateness=1e9)  # every entity kept
     run(det, fraud_stream(20_000, 4, cards=5000))
     assert det.n_entities > 4000
     # every entity: key and previous ts (8 B each); the hot ones (about half of these bursty
@@ -649,7 +651,7 @@ def test_dgim_table_snapshot_bytes_per_entity() -> None:
 
 
 def test_dgim_hot_table_holds_only_entities_with_buckets_or_alerts() -> None:
-    det = VelocityDetector(min_rapid=3, cooldown=20.0, idle_ttl=90.0)
+    det = VelocityDetector(min_rapid=3, cooldown=20.0, idle_ttl=90.0, lateness=80.0)  # recall: 90
     batch = fraud_stream(FRAUD_N, 8)
     run(det, batch, [700, 1900])
     table, hot = det._table, det._hot
@@ -679,6 +681,43 @@ def test_dgim_hot_table_holds_only_entities_with_buckets_or_alerts() -> None:
     assert len(hot) < before  # only the cards that alerted (and were not reset since) stay
     assert (hot["last_alert"] != -np.inf).all()
     assert not any(hot[f"m{j}"].any() for j in range(4))
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_velocity_forgets_cold_entities_after_gap_plus_lateness_with_the_same_alerts(seed: int) -> None:
+    """Sparse cards (each back after ~20 minutes) with bursts, ts jitter up to 2 s: remembering
+    cold cards for gap + lateness (10 + 3 s) instead of idle_ttl gives the same alerts, in any
+    batch cuts, and a table of the recent cards only."""
+    batch = fraud_stream(FRAUD_N, seed, cards=2000)
+    cuts = random_cuts(len(batch), np.random.default_rng(seed))
+
+    def velocity(lateness: float) -> VelocityDetector:
+        return VelocityDetector(min_rapid=3, cooldown=20.0, idle_ttl=3600.0, lateness=lateness)
+
+    short, full = velocity(3.0), velocity(1e9)
+    assert (short.recall, full.recall) == (13.0, 3600.0)
+    got = triggers(run(short, batch, cuts))
+    assert got == triggers(run(full, batch)) and len(got) >= 5
+    table = short._table
+    assert table is not None and full._table is not None
+    assert len(table) < len(full._table) / 20
+    # no row of a card seen more than recall (plus a sweep's 1/16) before the clock
+    assert (table["prev_ts"] >= short._clock - 17 / 16 * short.recall).all()
+
+
+def test_velocity_event_later_than_lateness_misses_its_forgotten_predecessor() -> None:
+    det = VelocityDetector(gap=10.0, lateness=5.0, min_rapid=2, last_n=4, cooldown=0.0)
+    cards = make_batch("fraud", card_id=["a", "b"], ts=[100.0, 130.0])
+    det.process(cards)  # the clock is at 130: "a" (at 100) is past recall (15 s), forgotten
+    assert det._table is not None and len(det._table) == 1
+    late = make_batch("fraud", card_id=["a", "a"], ts=[105.0, 106.0])
+    alerts = alerts_only(det.process(late))
+    # 105 trails the clock by 25 s > lateness: its predecessor is forgotten (bit 0), and one
+    # rapid event (106) is no alert; with lateness 30 both are rapid and 106 alerts
+    assert alerts == []
+    within = VelocityDetector(gap=10.0, lateness=30.0, min_rapid=2, last_n=4, cooldown=0.0)
+    within.process(cards)
+    assert triggers(alerts_only(within.process(late))) == ["1"]
 
 
 def test_outlier_count_widens_past_uint32() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import threading
+import weakref
 from dataclasses import replace
 from functools import partial
 from typing import Any, ClassVar
@@ -75,16 +76,21 @@ def test_split_matches_reference_and_carries_hashes(n: int, shards: int, seed: i
         assert g.key_hashes("key", seed).tolist() == hash64_many(w["key"], seed).tolist()
 
 
-def test_split_is_memoised_per_column_shards_and_seed() -> None:
+def test_split_hashes_once_and_holds_no_sub_batch_on_the_batch() -> None:
     batch = _batch(1000)
     first = split_by_shard(batch, "key", 16, 0)
     again = split_by_shard(batch, "key", 16, 0)
-    assert first == again and all(a[1] is b[1] for a, b in zip(first, again, strict=True))
-    again.clear()  # callers own the returned list, not the memo
-    assert split_by_shard(batch, "key", 16, 0) == first
-    assert split_by_shard(batch, "key", 16, 1)[0][1] is not first[0][1]
-    assert split_by_shard(batch, "other", 16, 0)[0][1] is not first[0][1]
-    assert ("key", 0) in batch.hashes and ("key", 1) in batch.hashes
+    assert _layout(first) == _layout(again)  # the same parts, rebuilt (none kept on the batch)
+    assert not batch.memo
+    part = weakref.ref(first[0][1])
+    del first, again
+    assert part() is None  # freed with the caller's list: the batch holds no sub-batch
+    assert _layout(split_by_shard(batch, "key", 16, 1)) != _layout(split_by_shard(batch, "key", 16, 0))
+    assert ("key", 0) in batch.hashes and ("key", 1) in batch.hashes  # hashed once, kept
+
+
+def _layout(parts: list[tuple[str, EventBatch]]) -> list[tuple[str, list[int]]]:
+    return [(shard, part.positions.tolist()) for shard, part in parts]
 
 
 def test_shared_arrays_are_read_only() -> None:
