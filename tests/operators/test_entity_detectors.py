@@ -21,6 +21,7 @@ import pytest
 from connectors.events import EventBatch, Progress
 from operators.alerts import Alert
 from operators.detectors.entity import (
+    DEFAULT_LATENESS,
     BreachDetector,
     DuplicateDetector,
     OutlierDetector,
@@ -840,6 +841,8 @@ def test_snapshot_of_the_previous_layout_resumes_identically(name: str) -> None:
     old: Any = pickle.loads(zlib.decompress(base64.b64decode("".join(_OLD_SNAPSHOTS[name]))))
     assert type(old) is type(live)
     assert old.n_entities == factory_entities(factory, head)
+    if isinstance(old, (VelocityDetector, BreachDetector)):  # from before recall: the defaults
+        assert old.recall == (min(10.0 + DEFAULT_LATENESS, 60.0) if name == "velocity" else 0.0) == live.recall
     # the same alerts; the old state's floats were summed in another order (last bits differ)
     got = full_signature(run(old, tail, [150]))
     assert [g[:3] for g in got] == [e[:3] for e in expected]
