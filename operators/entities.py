@@ -594,9 +594,9 @@ def _unpack(
 
 # -- tables pickled against each other ----------------------------------------------------------
 #
-# A detector group's tables are keyed by one entity (fraud: every card has a row in
-# amount_outlier's table and in card_velocity's) and often hold equal columns (both keep each
-# card's previous event time). Pickled by dumps_tables, a table whose keys are mostly another's
+# A detector group's tables are keyed by one entity (fraud: card_velocity's recent cards are
+# among amount_outlier's) and often hold equal columns (both keep each card's previous event
+# time). Pickled by dumps_tables, a table whose keys are mostly another's
 # stores them as a bitmap over that table's rows plus the keys it lacks, and a column may be
 # stored as its differences from one of that table's columns (aligned by key).
 
@@ -608,7 +608,7 @@ class _Peer:
     def __init__(self, table: EntityTable, keys: NDArray[np.uint64]) -> None:
         self.table, self.keys = table, keys
         theirs = table.keys
-        # the same keys (fraud: card_velocity's and amount_outlier's tables): no search needed
+        # the same keys (fraud: velocity's recent and hot cards when all cards are recent): no search
         self.same = len(theirs) == len(keys) and bool(np.array_equal(theirs, keys))
         self.rows = np.arange(len(keys), dtype=np.intp) if self.same else _search(theirs, keys)
         self.found = self.rows >= 0
@@ -676,7 +676,7 @@ def dumps_tables(obj: Any) -> bytes:
     """``pickle.dumps(obj)`` (highest protocol), where an :class:`EntityTable` whose keys are
     mostly those of one pickled before it is stored against that table: its keys as a bitmap
     over the other's rows, and its columns possibly as differences from the other's (fraud's
-    card_velocity table against amount_outlier's). ``pickle.loads`` restores every table."""
+    card_velocity tables against amount_outlier's). ``pickle.loads`` restores every table."""
     buf = io.BytesIO()
     _TablePickler(buf).dump(obj)
     return buf.getvalue()

@@ -307,7 +307,14 @@ def iter_batches(
             held += take
             offset += take
             if held == batch_size:
-                out, pending, held = EventBatch.concat(pending), [], 0
-                yield out  # the pieces are not held here while the caller uses the batch
+                held = 0
+                yield _drained(pending)  # bound to no name here: not held while the caller runs
     if pending:
-        yield EventBatch.concat(pending)
+        yield _drained(pending)
+
+
+def _drained(pending: list[EventBatch]) -> EventBatch:
+    """One batch of ``pending`` (which it empties), holding the pieces itself (lazily joined)."""
+    out = EventBatch.concat(list(pending))
+    pending.clear()
+    return out

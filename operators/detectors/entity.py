@@ -26,13 +26,16 @@ including it (input order). An entity whose previous event (in input order) lies
 if never seen. Eviction at the end of a batch drops only entities that this rule would reset
 at their next event (previous event more than ``idle_ttl`` before the shard clock *now*: the
 clock only grows), so eviction bounds memory without making alerts depend on where batches
-are cut. An entity's previous event time is a column of its table (``prev_ts``), which is
-also the table's eviction clock: no separate last-seen column. The OutlierDetector and
-StuckDetector evict after every batch; the DGIM detectors sweep their state whenever the
-shard clock has advanced by ``idle_ttl / 16`` since the last sweep, so they hold no entity
-idle longer than about ``17 / 16 * idle_ttl``; an entity with an empty DGIM and no alert
-they hold only while its previous event can still change a bit (``recall``: velocity's
-``gap + lateness``; none for breaches), which bounds their state by the recent entities.
+are cut. (One exception: velocity forgets a quiet card ``gap + lateness`` seconds after its
+last event, so an event later than ``lateness`` behind the shard clock may or may not find its
+predecessor, depending on when the last sweep ran.) An entity's previous event time is a
+column of its table (``prev_ts``), which is also the table's eviction clock: no separate
+last-seen column. The OutlierDetector and StuckDetector evict after every batch; the DGIM
+detectors sweep their state whenever the shard clock has advanced by ``idle_ttl / 16`` since
+the last sweep, so they hold no entity idle longer than about ``17 / 16 * idle_ttl``; an
+entity with an empty DGIM and no alert they hold only while its previous event can still
+change a bit (``recall``: velocity's ``gap + lateness``; none for breaches), which bounds
+their state by the recent entities.
 
 >>> import numpy as np
 >>> from connectors.events import EventBatch
@@ -98,7 +101,8 @@ _EVICT_EVERY: Final = 1.0 / 16
 """The entity detectors drop idle entities when the shard clock has advanced by this fraction
 of ``idle_ttl`` since the last sweep, not at every batch (an eviction rebuilds a table: ~15 ms
 at a million rows). An idle row kept a little longer changes nothing: an entity whose previous
-event is more than ``idle_ttl`` back starts afresh whether or not its row is still there."""
+event is more than ``idle_ttl`` back starts afresh whether or not its row is still there
+(velocity's recent table, swept every ``recall / 16``: for events within ``lateness``)."""
 
 DEFAULT_LATENESS: Final = 60.0
 """VelocityDetector's default ``lateness`` (seconds an event may trail the shard clock)."""
@@ -712,6 +716,9 @@ class _DGIMDetector(Detector):
     ``recall`` before the shard clock.
     """
 
+    _uses_prev: bool = True
+    """Whether :meth:`_bits` reads the previous timestamp (False: ``_table`` is never written)."""
+
     recall: float
     """Seconds of event time for which a cold entity's previous timestamp can still change the
     bit of its next event, when that event is at most ``lateness`` (velocity) behind the shard
@@ -743,7 +750,7 @@ class _DGIMDetector(Detector):
         self._swept = -math.inf  # shard clock at the last eviction sweep
         self._swept_recent = -math.inf  # ... and at the last sweep of ``_table``
         self._states: dict[int, list[Any]] = {}  # the per-object path (last_n > 64)
-        self._table: EntityTable | None = None  # the vectorised path (last_n <= 64): all entities
+        self._table: EntityTable | None = None  # the vectorised path (last_n <= 64): recent entities
         self._hot: EntityTable | None = None  # ... and the entities with buckets or an alert
         if self.last_n <= DGIM_TABLE_MAX_WINDOW:
             self._table = self._recent_table()
@@ -764,7 +771,7 @@ class _DGIMDetector(Detector):
 
     @property
     def n_entities(self) -> int:
-        """Entities currently held in state (O(entities))."""
+        """Entities currently held in state (a sorted union of the two tables' keys)."""
         if self._table is None or self._hot is None:
             return len(self._states)
         return len(np.union1d(self._table.keys, self._hot.keys))
@@ -799,7 +806,7 @@ class _DGIMDetector(Detector):
         mask_names = [f"m{j}" for j in range(levels)]
         defaults = {"last_alert": -np.inf, "prev_ts": -np.inf, **dict.fromkeys(mask_names, 0)}
         was_hot, hot_rows, stored = hot.lookup(keys, defaults)
-        rows = table.rows(keys) if self.recall > 0 else None
+        rows = table.rows(keys) if self._uses_prev else None
         if rows is not None:
             cold = np.ones(len(keys), dtype=np.bool_)
             cold[was_hot] = False
@@ -957,7 +964,8 @@ class _DGIMDetector(Detector):
 
     def _split_table(self) -> None:
         """Convert the single table of an older snapshot (every column for every entity) into
-        ``_table`` (previous timestamps) and ``_hot`` (entities with buckets or an alert)."""
+        ``_table`` (previous timestamps; the next sweep keeps the recent ones) and ``_hot``
+        (entities with buckets or an alert)."""
         old = self._table
         assert old is not None
         self._table = self._recent_table()
@@ -1002,6 +1010,8 @@ class _DGIMDetector(Detector):
                 self._split_table()
             assert self._table is not None
             self._table.idle_ttl = max(self.recall, 1e-9)  # an older table kept idle_ttl
+            if not self._uses_prev:  # an older breach table: nothing of it is ever read
+                self._table = self._recent_table()
             return
         state = dict(state)
         state.setdefault("_table", None)
@@ -1083,8 +1093,10 @@ class VelocityDetector(_DGIMDetector):
         super().__init__(flow, name, entity_column, last_n, r, min_rapid, cooldown, idle_ttl, recall)
 
     def _default_recall(self, state: dict[str, Any]) -> float:
-        state.setdefault("lateness", DEFAULT_LATENESS)
         return float(state["gap"]) + DEFAULT_LATENESS
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({"lateness": DEFAULT_LATENESS, **state})
 
     def _bits(self, batch: EventBatch, g: _Groups, sts: FloatArray, prev: FloatArray) -> BoolArray:
         with np.errstate(invalid="ignore"):
@@ -1127,6 +1139,8 @@ class BreachDetector(_DGIMDetector):
     ``min_breaches``.
     """
 
+    _uses_prev = False  # the bits are the readings alone: a cold entity's previous time never matters
+
     def __init__(
         self,
         flow: str = "iot",
@@ -1140,7 +1154,6 @@ class BreachDetector(_DGIMDetector):
         cooldown: float = 600.0,
         idle_ttl: float = 3600.0,
     ) -> None:
-        # the bits are the readings alone: a cold entity's previous time never matters
         super().__init__(flow, name, entity_column, last_n, r, min_breaches, cooldown, idle_ttl, 0.0)
         self.value_column = value_column
         self.limit = float(limit)

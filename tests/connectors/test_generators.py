@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -34,6 +35,18 @@ def _by(truth: list[Anomaly], detector: str) -> list[Anomaly]:
 def test_deterministic(flow: str) -> None:
     assert _equal(_run(flow, 25_000), _run(flow, 25_000))
     assert not _equal(_run(flow, 25_000), _run(flow, 25_000, seed=SEED + 1))
+
+
+@pytest.mark.parametrize("batch_size", [4_000, 25_000])
+def test_a_yielded_batch_is_not_held_by_the_generator(batch_size: int) -> None:
+    """A batch cut from chunks lives only as long as its consumer keeps it (the generator keeps
+    no reference to it or to its pieces while the consumer runs)."""
+    batches = generator("fraud")(60_000, SEED, 0, batch_size)
+    first = next(batches)
+    ref = weakref.ref(first)
+    del first
+    assert ref() is None
+    assert len(next(batches)) == batch_size
 
 
 @pytest.mark.parametrize("flow", FLOWS)

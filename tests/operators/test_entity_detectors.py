@@ -721,6 +721,34 @@ def test_velocity_event_later_than_lateness_misses_its_forgotten_predecessor() -
     assert triggers(alerts_only(within.process(late))) == ["1"]
 
 
+def test_velocity_with_no_gap_nor_lateness_still_sees_equal_times_across_batches() -> None:
+    det = VelocityDetector(gap=0.0, lateness=0.0, min_rapid=2, last_n=4, cooldown=0.0)
+    assert det.recall == 0.0
+    batch = make_batch("fraud", card_id=["a"] * 3, ts=[100.0] * 3)
+    whole = VelocityDetector(gap=0.0, lateness=0.0, min_rapid=2, last_n=4, cooldown=0.0)
+    assert triggers(run(det, batch, [1, 2])) == triggers(run(whole, batch)) == ["2"]
+
+
+def test_an_older_velocity_state_forgets_its_quiet_cards_with_the_same_alerts() -> None:
+    """A state from before ``recall`` (its table held every card for idle_ttl) resumes with the
+    default lateness: the next sweep shrinks the table, and the alerts are those of a detector
+    that ran with it all along."""
+    batch = fraud_stream(FRAUD_N, 5, cards=2000)
+    head, tail = batch.take(np.arange(1500)), batch.take(np.arange(1500, len(batch)))
+    old = VelocityDetector(min_rapid=3, cooldown=20.0, lateness=1e9)  # recall: idle_ttl (3600)
+    run(old, head)
+    state = {k: v for k, v in old.__dict__.items() if k not in ("recall", "_swept_recent", "lateness")}
+    assert state["_table"].idle_ttl == 3600.0 and len(state["_table"]) > 800
+    resumed = VelocityDetector.__new__(VelocityDetector)
+    resumed.__setstate__(state)
+    assert (resumed.lateness, resumed.recall) == (DEFAULT_LATENESS, 10.0 + DEFAULT_LATENESS)
+    live = VelocityDetector(min_rapid=3, cooldown=20.0)
+    run(live, head)
+    expected = triggers(run(live, tail, [300]))
+    assert triggers(run(resumed, tail, [300])) == expected and len(expected) >= 2
+    assert resumed._table is not None and len(resumed._table) < 200
+
+
 def test_outlier_count_widens_past_uint32() -> None:
     det = OutlierDetector(min_history=2, idle_ttl=1e9)
     batch = make_batch("fraud", card_id=["a", "a", "a"], amount=[10.0, 11.0, 9.0], ts=[0.0, 1.0, 2.0])
@@ -842,7 +870,8 @@ def test_snapshot_of_the_previous_layout_resumes_identically(name: str) -> None:
     assert type(old) is type(live)
     assert old.n_entities == factory_entities(factory, head)
     if isinstance(old, (VelocityDetector, BreachDetector)):  # from before recall: the defaults
-        assert old.recall == (min(10.0 + DEFAULT_LATENESS, 60.0) if name == "velocity" else 0.0) == live.recall
+        recall = min(10.0 + DEFAULT_LATENESS, 60.0) if name == "velocity" else 0.0
+        assert old.recall == recall == live.recall
     # the same alerts; the old state's floats were summed in another order (last bits differ)
     got = full_signature(run(old, tail, [150]))
     assert [g[:3] for g in got] == [e[:3] for e in expected]
