@@ -191,7 +191,7 @@ class EntityTable:
             pos = self.find(keys)
             missing = pos < 0
             if missing.any():
-                new = np.unique(keys[missing])
+                new = keys[missing] if ascending else np.unique(keys[missing])
                 first = self._n
                 if self._append(new):
                     pos = self.find(keys)  # merged: every row may have moved
@@ -283,9 +283,19 @@ class EntityTable:
         new[had] = False
         for sel, at in ((had, rows), (np.flatnonzero(new), None)):
             if len(sel):
-                at = self.rows(keys[sel]) if at is None else at  # existing rows first: inserts renumber
+                at = (
+                    self._insert_absent(keys[sel]) if at is None else at
+                )  # existing rows first: inserts renumber
                 for name, column in values.items():
                     self[name][at] = column[sel]
+
+    def _insert_absent(self, keys: NDArray[np.uint64]) -> NDArray[np.intp]:
+        """Rows for ascending distinct ``keys`` none of which is in the table (with the columns'
+        defaults): :meth:`rows` without its search for them."""
+        first = self._n
+        if self._append(keys):
+            return self.find(keys)  # merged: every row may have moved
+        return np.arange(first, first + len(keys), dtype=np.intp)
 
     def _append(self, new_keys: NDArray[np.uint64]) -> bool:
         """Add sorted distinct keys not in the table, with the columns' defaults: to the tail,

@@ -102,7 +102,7 @@ _EVICT_EVERY: Final = 1.0 / 16
 of ``idle_ttl`` since the last sweep, not at every batch (an eviction rebuilds a table: ~15 ms
 at a million rows). An idle row kept a little longer changes nothing: an entity whose previous
 event is more than ``idle_ttl`` back starts afresh whether or not its row is still there
-(velocity's recent table, swept every ``recall / 16``: for events within ``lateness``)."""
+(velocity's recent table, swept every ``recall``: for events within ``lateness``)."""
 
 DEFAULT_LATENESS: Final = 60.0
 """VelocityDetector's default ``lateness`` (seconds an event may trail the shard clock)."""
@@ -860,13 +860,15 @@ class _DGIMDetector(Detector):
         return self._alerts(batch, g, sts, prev, [(i, int(est[i]), (int(lo[i]), int(hi[i]))) for i in hits])
 
     def _sweep(self, table: EntityTable, hot: EntityTable, mask_names: list[str]) -> None:
-        """Every ``1/16`` of ``idle_ttl`` (of ``recall``) of shard clock, drop the idle and the
-        cold-again entities from ``hot`` (the entities seen before ``recall`` from ``table``)."""
+        """Every ``1/16`` of ``idle_ttl`` of shard clock, drop the idle and the cold-again
+        entities from ``hot``; every ``recall``, the entities seen before ``recall`` from
+        ``table`` (which then holds at most ``2 * recall`` of them: sweeping it more often, for
+        a small table, cost more than its rows)."""
         if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
             self._swept = self._clock
             hot.evict(self._clock)
             hot.drop(~_is_hot([hot[m] for m in mask_names], hot["last_alert"]))
-        if len(table) and self._clock >= self._swept_recent + _EVICT_EVERY * self.recall:
+        if len(table) and self._clock >= self._swept_recent + self.recall:
             self._swept_recent = self._clock
             table.evict(self._clock)
 
