@@ -111,6 +111,28 @@ def test_matches_a_dict_model_under_random_operations() -> None:
         assert t.last_seen[rows].tolist() == [model[k][2] for k in order]
 
 
+def test_lookup_and_store_match_a_dict_model_of_a_sparse_table() -> None:
+    """A sparse table (rows only for values other than the default) through lookup and store,
+    growing through tail merges: the same values as a dict."""
+    rng = np.random.default_rng(11)
+    t = EntityTable({"v": (np.int64, 0)}, idle_ttl=1.0, last_seen=False)
+    model: dict[int, int] = {}
+    for step in range(400):
+        ks = np.unique(rng.integers(0, 3000, size=int(rng.integers(1, 80))).astype(U64))
+        had, rows, values = t.lookup(ks, {"v": 0})
+        assert values["v"].tolist() == [model.get(k, 0) for k in ks.tolist()]
+        values["v"] += rng.integers(-1, 2, size=len(ks))  # some become 0 (the default) again
+        t.store(ks, values, had, rows, keep=values["v"] != 0)
+        for k, v in zip(ks.tolist(), values["v"].tolist(), strict=True):
+            if v or k in model:  # rows that existed are kept current, whatever their value
+                model[k] = v
+        if step % 25 == 0:
+            assert t.keys.tolist() == sorted(model)  # merges the tail
+    assert len(t) == len(model) > 1000
+    found = t.find(np.array(sorted(model), dtype=U64))
+    assert t["v"][found].tolist() == [model[k] for k in sorted(model)]
+
+
 def test_clock_column_drives_eviction_and_refuses_ts() -> None:
     t = EntityTable({"prev_ts": (np.float64, -np.inf), "x": (np.int64, 0)}, idle_ttl=10.0, clock="prev_ts")
     rows = t.rows(keys(3, 1, 2))
