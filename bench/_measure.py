@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,18 @@ def remapped(events: int, seed: int, batch: int, cards: int, merchants: int) -> 
     """The fraud generator's batches, ``card_id`` -> ``card-<p*K % cards>`` (all ``cards`` ids
     active once ``events >= cards``) and likewise ``merchant_id``; 0 keeps a column."""
     ids = {"card_id": ("card-", _K_CARD, cards), "merchant_id": ("m-", _K_MERCHANT, merchants)}
-    for b in generator("fraud")(events, seed, 0, batch):
-        flow, positions, columns = b.flow, b.positions, b.columns
-        del b  # not held while the flow runs: d measures the flow's memory, not this harness's
-        p = positions.astype(np.int64)
-        cols = {}
-        for name in columns:  # replaced columns are never built (lazy), so never held
-            prefix, k, count = ids.get(name, ("", 0, 0))
-            cols[name] = _ids(prefix, p * k % count) if count else columns[name]
-        del columns
-        yield EventBatch(flow, positions, cols)
+    # bound to no name here: nothing of a batch is held while the flow runs (d measures the
+    # flow's memory, not this harness's)
+    yield from map(partial(_remapped_batch, ids=ids), generator("fraud")(events, seed, 0, batch))
+
+
+def _remapped_batch(b: EventBatch, ids: dict[str, tuple[str, int, int]]) -> EventBatch:
+    p = b.positions.astype(np.int64)
+    cols = {}
+    for name in b.columns:  # replaced columns are never built (lazy)
+        prefix, k, count = ids.get(name, ("", 0, 0))
+        cols[name] = _ids(prefix, p * k % count) if count else b.columns[name]
+    return EventBatch(b.flow, b.positions, cols)
 
 
 def _ids(prefix: str, numbers: NDArray[np.int64]) -> NDArray[np.object_]:

@@ -12,7 +12,7 @@ Detector parameters (``SKETCHWATCH_FRAUD_<NAME>``, defaults in brackets):
   ``OUTLIER_RATIO`` [10], ``OUTLIER_IDLE_TTL`` [604800 s]
 - card_velocity: ``VELOCITY_LAST_N`` [10], ``VELOCITY_GAP`` [10 s], ``VELOCITY_MIN_RAPID`` [8],
   ``VELOCITY_COOLDOWN`` [300 s], ``VELOCITY_LATENESS`` [60 s: how far an event may trail the
-  clock and still find its card's previous event; a quiet card is kept gap + lateness]
+  clock and still find its card's previous event; a quiet card is kept gap + lateness to twice that]
 """
 
 from __future__ import annotations

@@ -278,7 +278,8 @@ class EntityTable:
         """Write ``values`` (per column, one per key) back after :meth:`lookup` gave ``had`` and
         ``rows``: to the keys that had a row, whatever their values now, and to new rows for the
         other keys where ``keep`` (the rest stay without a row: a sparse table holds only the
-        entities whose state differs from what a missing row stands for)."""
+        entities whose state differs from what a missing row stands for). ``keys`` are
+        distinct; ascending ones (a batch's grouped entities) are inserted without a search."""
         new = keep.copy()
         new[had] = False
         for sel, at in ((had, rows), (np.flatnonzero(new), None)):
@@ -290,8 +291,10 @@ class EntityTable:
                     self[name][at] = column[sel]
 
     def _insert_absent(self, keys: NDArray[np.uint64]) -> NDArray[np.intp]:
-        """Rows for ascending distinct ``keys`` none of which is in the table (with the columns'
-        defaults): :meth:`rows` without its search for them."""
+        """Rows for ``keys`` none of which is in the table (with the columns' defaults): for
+        ascending distinct keys (the detectors' case), :meth:`rows` without its search."""
+        if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+            return self.rows(keys)
         first = self._n
         if self._append(keys):
             return self.find(keys)  # merged: every row may have moved

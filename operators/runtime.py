@@ -126,8 +126,9 @@ def split_by_shard(
     The key column is hashed once per batch (:meth:`EventBatch.key_hashes`); every sub-batch
     carries its events' hashes of that column under ``(key, seed)``, so a detector keyed by the
     same column with the same seed does not hash it again. The split is not kept on the batch:
-    a flow has one step per key column (:func:`group_specs`), and a memo would hold every
-    step's sub-batches until the last step had read the batch (~10 MB per 100,000 events).
+    a flow's steps are keyed by distinct columns (:func:`group_specs`; a spec with a ``local``
+    reduction splits its own reduced batch), and a memo would hold every step's sub-batches
+    until the last step had read the batch (~10 MB per 100,000 events).
     """
     if key is None or shards == 1:
         return [(GLOBAL_KEY, batch)] if len(batch) else []

@@ -298,7 +298,9 @@ def iter_batches(
             skip = 0
         chunk += 1
         if not pending and len(part) == batch_size:
-            yield part
+            pending.append(part)
+            del part  # bound to no name here while the caller runs (as below)
+            yield _drained(pending)
             continue
         offset = 0
         while offset < len(part):

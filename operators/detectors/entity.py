@@ -26,16 +26,16 @@ including it (input order). An entity whose previous event (in input order) lies
 if never seen. Eviction at the end of a batch drops only entities that this rule would reset
 at their next event (previous event more than ``idle_ttl`` before the shard clock *now*: the
 clock only grows), so eviction bounds memory without making alerts depend on where batches
-are cut. (One exception: velocity forgets a quiet card ``gap + lateness`` seconds after its
-last event, so an event later than ``lateness`` behind the shard clock may or may not find its
-predecessor, depending on when the last sweep ran.) An entity's previous event time is a
+are cut. (One exception: velocity forgets a quiet card between ``gap + lateness`` and twice
+that after its last event, so an event later than ``lateness`` behind the shard clock may or
+may not find its predecessor, depending on when the last sweep ran.) An entity's previous event time is a
 column of its table (``prev_ts``), which is also the table's eviction clock: no separate
 last-seen column. The OutlierDetector and StuckDetector evict after every batch; the DGIM
 detectors sweep their state whenever the shard clock has advanced by ``idle_ttl / 16`` since
 the last sweep, so they hold no entity idle longer than about ``17 / 16 * idle_ttl``; an
-entity with an empty DGIM and no alert they hold only while its previous event can still
-change a bit (``recall``: velocity's ``gap + lateness``; none for breaches), which bounds
-their state by the recent entities.
+entity with an empty DGIM and no alert they hold only about as long as its previous event can
+still change a bit (``recall``, velocity's ``gap + lateness``, swept every ``recall``: at most
+``2 * recall``; none for breaches), which bounds their state by the recent entities.
 
 >>> import numpy as np
 >>> from connectors.events import EventBatch
@@ -709,9 +709,10 @@ class _DGIMDetector(Detector):
     per entity with its key). An entity missing from ``_hot`` has an empty DGIM and no alert,
     exactly what a row of defaults would hold; for such an entity the previous timestamp
     matters only to the bit of its next event (a reset of an empty DGIM changes nothing), so
-    ``_table`` keeps it only as long as it can (:attr:`recall`): the rapid gap plus the
-    allowed lateness for velocity, not at all for breaches (whose bits ignore it), instead of
-    every entity for ``idle_ttl``. The eviction sweeps drop from ``_hot`` the idle entities
+    ``_table`` keeps it only about as long as it can (:attr:`recall`, swept every ``recall``:
+    at most twice that, for events within the lateness): the rapid gap plus the allowed
+    lateness for velocity, not at all for breaches (whose bits ignore it), instead of every
+    entity for ``idle_ttl``. The eviction sweeps drop from ``_hot`` the idle entities
     and the entities that went cold again, and from ``_table`` the entities seen more than
     ``recall`` before the shard clock.
     """
@@ -862,8 +863,8 @@ class _DGIMDetector(Detector):
     def _sweep(self, table: EntityTable, hot: EntityTable, mask_names: list[str]) -> None:
         """Every ``1/16`` of ``idle_ttl`` of shard clock, drop the idle and the cold-again
         entities from ``hot``; every ``recall``, the entities seen before ``recall`` from
-        ``table`` (which then holds at most ``2 * recall`` of them: sweeping it more often, for
-        a small table, cost more than its rows)."""
+        ``table`` (which then holds at most ``2 * recall`` of them, of the events within the
+        lateness: sweeping it more often, for a small table, cost more than its rows)."""
         if self._clock >= self._swept + _EVICT_EVERY * self.idle_ttl:
             self._swept = self._clock
             hot.evict(self._clock)
@@ -1058,10 +1059,10 @@ class VelocityDetector(_DGIMDetector):
         An entity idle this long starts afresh (module docstring).
     lateness : float, default 60.0
         Seconds an event may trail the shard clock and still get its exact bit. An entity
-        with an empty DGIM is remembered for ``gap + lateness`` seconds after its last event
-        (:attr:`recall`), not ``idle_ttl``: an event later than that may miss its
-        predecessor (bit 0). It bounds the state to the entities of the last ``gap +
-        lateness`` seconds plus the bursting ones.
+        with an empty DGIM is remembered for ``gap + lateness`` (:attr:`recall`) to twice that
+        after its last event (the table is swept every ``recall``), not ``idle_ttl``: an
+        event later than ``lateness`` may miss its predecessor (bit 0). It bounds the state
+        to the entities of the last ``2 * (gap + lateness)`` seconds plus the bursting ones.
 
     Notes
     -----

@@ -37,7 +37,7 @@ def test_deterministic(flow: str) -> None:
     assert not _equal(_run(flow, 25_000), _run(flow, 25_000, seed=SEED + 1))
 
 
-@pytest.mark.parametrize("batch_size", [4_000, 25_000])
+@pytest.mark.parametrize("batch_size", [4_000, 10_000, 25_000])  # below, at and above a chunk
 def test_a_yielded_batch_is_not_held_by_the_generator(batch_size: int) -> None:
     """A batch cut from chunks lives only as long as its consumer keeps it (the generator keeps
     no reference to it or to its pieces while the consumer runs)."""

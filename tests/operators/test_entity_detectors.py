@@ -503,19 +503,21 @@ def test_pickle_round_trip_mid_stream(name: str) -> None:
 
 
 def test_dgim_state_pickles_compactly() -> None:
-    det = velocity_factory()
+    det = VelocityDetector(min_rapid=4, cooldown=20.0, idle_ttl=90.0, lateness=1e9)  # all kept
     run(det, fraud_stream(FRAUD_N, 4, cards=400))
-    assert det.n_entities > 50  # type: ignore[attr-defined]
+    assert det.n_entities > 100
     size = len(pickle.dumps(det, protocol=pickle.HIGHEST_PROTOCOL))
     assert size < 120 * det.n_entities  # type: ignore[attr-defined]
 
 
-def idle_batch(entity_column: str, value_column: str, flow: str, idle_ttl: float) -> EventBatch:
+def idle_batch(
+    entity_column: str, value_column: str, flow: str, idle_ttl: float, value: float = 10.0
+) -> EventBatch:
     """100 entities active at t in [0, 100), then one entity far later."""
     n = 100
     columns: dict[str, Sequence[Any]] = {
         entity_column: [f"e{i}" for i in range(n)] + ["late"],
-        value_column: [10.0] * n + [10.0],
+        value_column: [value] * (n + 1),
         "ts": [float(i) for i in range(n)] + [n + idle_ttl + 1.0],
     }
     return make_batch(flow, **columns)
@@ -534,13 +536,14 @@ def test_idle_entities_are_evicted(factory: Factory) -> None:
     det: Any = factory()
     ecol = "card_id" if isinstance(det, (OutlierDetector, VelocityDetector)) else "device_id"
     vcol = "amount" if isinstance(det, OutlierDetector) else "temperature"
-    batch = idle_batch(ecol, vcol, "fraud" if ecol == "card_id" else "iot", 500.0)
-    # breaches keep no cold entity (their bits ignore the previous time), and none is hot here
-    held = 0 if isinstance(det, BreachDetector) else 1
+    # breaches keep no cold entity (their bits ignore the previous time): readings at the limit
+    # make every device hot (a bucket), so that idle ones are evicted from the hot table
+    value = 80.0 if isinstance(det, BreachDetector) else 10.0
+    batch = idle_batch(ecol, vcol, "fraud" if ecol == "card_id" else "iot", 500.0, value)
     det.process(batch.take(np.arange(100)))
-    assert det.n_entities == 100 * held
+    assert det.n_entities == 100
     det.process(batch.take(np.arange(100, 101)))
-    assert det.n_entities == held  # all others idle > idle_ttl before the shard clock
+    assert det.n_entities == 1  # all others idle > idle_ttl before the shard clock
     size_after = len(pickle.dumps(det))
     fresh: Any = factory()
     fresh.process(batch.take(np.arange(100, 101)))
@@ -704,6 +707,28 @@ def test_velocity_forgets_cold_entities_after_gap_plus_lateness_with_the_same_al
     assert len(table) < len(full._table) / 20
     # no row of a card seen more than recall (plus one sweep interval, recall) before the clock
     assert (table["prev_ts"] >= short._clock - 2 * short.recall).all()
+
+
+def test_velocity_hot_card_quiet_past_recall_keeps_its_previous_time_in_the_hot_table() -> None:
+    """A bursting card (buckets: hot) quiet for longer than recall but less than idle_ttl is
+    swept from the recent table and keeps its previous time in the hot one: the same bits and
+    alerts as a detector that keeps every card."""
+
+    def velocity(lateness: float) -> VelocityDetector:
+        return VelocityDetector(gap=10.0, lateness=lateness, min_rapid=2, last_n=4, cooldown=0.0)
+
+    short, full = velocity(0.0), velocity(1e9)
+    batches = [
+        make_batch("fraud", card_id=["a", "a"], ts=[0.0, 1.0]),  # a rapid bit: "a" is hot
+        make_batch("fraud", card_id=["b"], ts=[100.0]),  # clock 100: the recent table sweeps "a"
+        make_batch("fraud", card_id=["a", "a"], ts=[105.0, 106.0]),  # 106 is a's second 1-bit
+    ]
+    got = [triggers(alerts_only(short.process(b))) for b in batches[:2]]
+    assert short._table is not None and short._hot is not None
+    a_key = short._hot.keys
+    assert len(a_key) == 1 and (short._table.find(a_key) < 0).all()  # only in the hot table
+    got.append(triggers(alerts_only(short.process(batches[2]))))
+    assert got == [triggers(alerts_only(full.process(b))) for b in batches] == [[], [], ["1"]]
 
 
 def test_velocity_event_later_than_lateness_misses_its_forgotten_predecessor() -> None:

@@ -78,8 +78,10 @@ def test_split_matches_reference_and_carries_hashes(n: int, shards: int, seed: i
 
 def test_split_hashes_once_and_holds_no_sub_batch_on_the_batch() -> None:
     batch = _batch(1000)
-    first = split_by_shard(batch, "key", 16, 0)
-    again = split_by_shard(batch, "key", 16, 0)
+    with patch("connectors.events.hash64_many", wraps=events.hash64_many) as hashed:
+        first = split_by_shard(batch, "key", 16, 0)
+        again = split_by_shard(batch, "key", 16, 0)
+    assert hashed.call_count == 1  # the key hashes are memoised on the batch
     assert _layout(first) == _layout(again)  # the same parts, rebuilt (none kept on the batch)
     assert not batch.memo
     part = weakref.ref(first[0][1])
