@@ -758,8 +758,12 @@ class _DGIMDetector(Detector):
             self._hot = EntityTable(self._hot_columns(), self.idle_ttl, clock="prev_ts")
 
     def _recent_table(self) -> EntityTable:
+        return EntityTable({"prev_ts": (np.float64, -math.inf)}, self._recent_ttl, clock="prev_ts")
+
+    @property
+    def _recent_ttl(self) -> float:
         # EntityTable needs a positive TTL; with no recall the table is never written
-        return EntityTable({"prev_ts": (np.float64, -math.inf)}, max(self.recall, 1e-9), clock="prev_ts")
+        return max(self.recall, 1e-9)
 
     def _hot_columns(self) -> dict[str, tuple[Any, Any]]:
         mask_dtype = _mask_dtype(self.last_n)
@@ -1012,7 +1016,7 @@ class _DGIMDetector(Detector):
             if state.get("_hot") is None:  # a snapshot from before the hot table: split it
                 self._split_table()
             assert self._table is not None
-            self._table.idle_ttl = max(self.recall, 1e-9)  # an older table kept idle_ttl
+            self._table.idle_ttl = self._recent_ttl  # an older table kept idle_ttl
             if not self._uses_prev:  # an older breach table: nothing of it is ever read
                 self._table = self._recent_table()
             return
@@ -1096,7 +1100,7 @@ class VelocityDetector(_DGIMDetector):
         super().__init__(flow, name, entity_column, last_n, r, min_rapid, cooldown, idle_ttl, recall)
 
     def _default_recall(self, state: dict[str, Any]) -> float:
-        return float(state["gap"]) + DEFAULT_LATENESS
+        return float(state["gap"]) + float(state["lateness"])  # as __init__ (lateness: below)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__({"lateness": DEFAULT_LATENESS, **state})
