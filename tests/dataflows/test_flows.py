@@ -353,3 +353,13 @@ def test_allocator_tuning_applies_once_unless_the_operator_chose(monkeypatch: py
     assert dataflows.common.tune_allocator() is sys.platform.startswith("linux")  # idempotent
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert dataflows.common.tune_allocator() is False
+
+
+def test_velocity_lateness_comes_from_its_variable() -> None:
+    def velocity(env: dict[str, str]) -> Any:
+        specs = detectors_for("fraud")(Config.from_env("fraud", env))
+        return next(s for s in specs if s.name == "card_velocity").factory()
+
+    set_ = velocity({"SKETCHWATCH_FRAUD_VELOCITY_LATENESS": "5", "SKETCHWATCH_FRAUD_VELOCITY_GAP": "3"})
+    assert (set_.lateness, set_.recall) == (5.0, 8.0)
+    assert velocity({}).lateness == 60.0
