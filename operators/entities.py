@@ -184,7 +184,7 @@ class EntityTable:
         keys = np.asarray(keys, dtype=np.uint64)
         if len(keys) == 0:
             return np.zeros(0, dtype=np.intp)
-        ascending = len(keys) == 1 or bool(np.all(keys[1:] > keys[:-1]))  # a batch's distinct keys
+        ascending = _ascending(keys)  # a batch's distinct keys
         if ascending and not len(self._tail_keys):
             pos = self._rows_sorted(keys)
         else:
@@ -280,20 +280,20 @@ class EntityTable:
         other keys where ``keep`` (the rest stay without a row: a sparse table holds only the
         entities whose state differs from what a missing row stands for). ``keys`` are
         distinct; ascending ones (a batch's grouped entities) are inserted without a search."""
+        for name, column in values.items():
+            self[name][rows] = column[had]
         new = keep.copy()
         new[had] = False
-        for sel, at in ((had, rows), (np.flatnonzero(new), None)):
-            if len(sel):
-                at = (
-                    self._insert_absent(keys[sel]) if at is None else at
-                )  # existing rows first: inserts renumber
-                for name, column in values.items():
-                    self[name][at] = column[sel]
+        added = np.flatnonzero(new)
+        if len(added):  # after the existing rows are written: inserting renumbers them
+            at = self._insert_absent(keys[added])
+            for name, column in values.items():
+                self[name][at] = column[added]
 
     def _insert_absent(self, keys: NDArray[np.uint64]) -> NDArray[np.intp]:
         """Rows for ``keys`` none of which is in the table (with the columns' defaults): for
         ascending distinct keys (the detectors' case), :meth:`rows` without its search."""
-        if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+        if not _ascending(keys):
             return self.rows(keys)
         first = self._n
         if self._append(keys):
@@ -471,6 +471,11 @@ class EntityTable:
 # ("offset", low, width, pieces) every value as its bit pattern minus the lowest one, in ``width``
 #                                bytes held by unsigned arrays, low bytes first (event times
 #                                within hours of each other: 5 of 8 bytes; window ids: 1 or 2)
+
+
+def _ascending(keys: NDArray[np.uint64]) -> bool:
+    """Whether ``keys`` are strictly ascending (so distinct)."""
+    return len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1]))
 
 
 def _bits_view(a: NDArray[Any]) -> NDArray[Any]:

@@ -1005,7 +1005,7 @@ class _DGIMDetector(Detector):
 
     def _default_recall(self, state: dict[str, Any]) -> float:
         """:attr:`recall` for a snapshot from before it (``state``: its attributes)."""
-        return float(state["idle_ttl"])
+        return float(state["idle_ttl"]) if self._uses_prev else 0.0
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "recall" not in state:  # a snapshot from before the recent table
@@ -1164,9 +1164,6 @@ class BreachDetector(_DGIMDetector):
         super().__init__(flow, name, entity_column, last_n, r, min_breaches, cooldown, idle_ttl, 0.0)
         self.value_column = value_column
         self.limit = float(limit)
-
-    def _default_recall(self, state: dict[str, Any]) -> float:
-        return 0.0
 
     def _bits(self, batch: EventBatch, g: _Groups, sts: FloatArray, prev: FloatArray) -> BoolArray:
         values = np.asarray(batch[self.value_column], dtype=np.float64)[g.order]

@@ -86,18 +86,20 @@ def _missing(keys: _U64, wanted: _U64) -> NDArray[np.bool_]:
     return missing
 
 
-def _insert(keys: _U64, names: _OBJ, new_keys: _U64, new_names: _OBJ) -> tuple[_U64, _OBJ]:
-    """Sorted ``keys`` with the sorted ``new_keys`` (none of them in ``keys``) merged in."""
+def _insert(keys: _U64, new_keys: _U64, *columns: tuple[_OBJ, _OBJ]) -> tuple[NDArray[Any], ...]:
+    """Sorted ``keys`` with the sorted ``new_keys`` (none of them in ``keys``) merged in, and
+    each ``(column, new values)`` of ``columns`` (parallel to the keys) likewise."""
     if len(keys) == 0:
-        return new_keys, new_names
+        return (new_keys, *(new for _, new in columns))
     pos = np.searchsorted(keys, new_keys)
-    return np.insert(keys, pos, new_keys), np.insert(names, pos, new_names)
+    return (np.insert(keys, pos, new_keys), *(np.insert(old, pos, new) for old, new in columns))
 
 
 def _union(keys: _U64, names: _OBJ, new_keys: _U64, new_names: _OBJ) -> tuple[_U64, _OBJ]:
     """Sorted distinct keys of both (sorted, distinct) sets, each with its first-seen name."""
     new = _missing(keys, new_keys)
-    return _insert(keys, names, new_keys[new], new_names[new])
+    out, out_names = _insert(keys, new_keys[new], (names, new_names[new]))
+    return out, out_names
 
 
 def _lookup(keys: _U64, names: _OBJ, wanted: list[int]) -> list[Any]:
@@ -228,7 +230,7 @@ class _CountPane:
         """Count ``keys``; ``name_of(rows)`` names the rows (of ``keys``) that are the first of
         a key new to the pane, so names are built for new keys only."""
         new, rows = self._count(keys)
-        self.keys, self.names = _insert(self.keys, self.names, new, name_of(rows))
+        self.keys, self.names = _insert(self.keys, new, (self.names, name_of(rows)))
 
     def _count(self, keys: _U64) -> tuple[_U64, NDArray[np.intp]]:
         """Count ``keys``; the keys new to the pane (sorted) and the row of each one's first."""
@@ -254,10 +256,8 @@ class _PairPane(_CountPane):
         """Count ``keys``; key ``i`` is named by ``firsts[idx[i]]`` and ``seconds[idx[i]]``."""
         new, first = self._count(keys)
         rows = idx[first]
-        pos = np.searchsorted(self.keys, new)
-        self.keys = np.insert(self.keys, pos, new)
-        self.names = np.insert(self.names, pos, firsts[rows])
-        self.seconds = np.insert(self.seconds, pos, seconds[rows])
+        parts = (self.names, firsts[rows]), (self.seconds, seconds[rows])
+        self.keys, self.names, self.seconds = _insert(self.keys, new, *parts)
 
     def name(self, row: int) -> str:
         return f"{self.names[row]}/{self.seconds[row]}"
