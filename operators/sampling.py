@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from connectors.events import EventBatch, Sample
 from operators.runtime import Detector, Output, event_clock
 from operators.windows import group_rows
-from sketches.hashing import check_seed, fmix64, hash64, hash64_many, hash_codes
+from sketches.hashing import check_seed, fmix64, hash64, hash64_many, hash_codes, small_codes
 
 __all__ = ["FLOW_SAMPLING", "TRANSFORMS", "StratumSpec", "WindowSampler", "sampler_for"]
 
@@ -375,7 +375,11 @@ def _partition(batch: EventBatch) -> str:
 
 
 def _codes(strata: NDArray[Any]) -> NDArray[np.intp]:
-    """Equal strata get equal int codes: by 64-bit hash (fast, checked), else by sorting."""
+    """Equal strata get equal int codes: by identity and equality when they are few strings,
+    else by 64-bit hash (fast, checked), else by sorting."""
+    few = small_codes(strata)
+    if few is not None:
+        return few
     grouped = hash_codes(strata)
     return _sorted_codes(strata) if grouped is None else grouped[0]
 

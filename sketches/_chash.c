@@ -4,7 +4,7 @@
  * UTF-8 bytes (equal to ``mmh3.hash128(item, seed) & (2**64 - 1)``).
  * int items: two rounds of the MurmurHash3 64-bit finaliser keyed by the seed,
  * equal to the numpy path in ``sketches/hashing.py``.
- * The module holds no state; results depend only on (item, seed).
+ * The module holds no state between calls; results depend only on (item, seed).
  *
  * bloom_probe: Bloom filter probes of pre-hashed items, one item after another, with the
  * probe positions of ``sketches.hashing.probe_indices`` for m <= 2**32 (double hashing of
@@ -12,6 +12,9 @@
  * an item repeated within a batch is found at its second occurrence.
  *
  * dgim_add: DGIMTable.add event by event (exactly the numpy rounds' result, at ~ns per event).
+ *
+ * mix_into: the 64-bit finaliser or the int hash over a uint64 array in one pass.
+ * small_codes: codes of a column of few distinct strings, by address then equality.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -78,6 +81,14 @@ static uint64_t murmur3_x64_128_low(const uint8_t *data, Py_ssize_t len, uint32_
     h1 += h2; h2 += h1;
     h1 = fmix64(h1); h2 = fmix64(h2);
     return h1 + h2;
+}
+
+#define SEEN_SLOTS 64
+
+/* The slot of an object in a small table keyed by address (objects are 16-byte aligned). */
+static inline size_t seen_slot(PyObject *item) {
+    uintptr_t a = (uintptr_t)item >> 4;
+    return (size_t)((a ^ (a >> 6) ^ (a >> 12)) & (SEEN_SLOTS - 1));
 }
 
 static inline uint64_t int_key(uint32_t seed) { return fmix64((uint64_t)seed + GOLDEN); }
@@ -185,14 +196,106 @@ static PyObject *hash_array_into(PyObject *self, PyObject *args) {
     uint64_t key = int_key(seed);
     PyObject **elems = (PyObject **)(uintptr_t)address;
     uint64_t *dst = (uint64_t *)out.buf;
+    /* The hashes of the strings seen last, by object: a column of few distinct values holds
+       the same few objects over and over (parsers intern them), and looking one up costs a
+       few ns where hashing it costs ~10. The array keeps every object alive during the call,
+       so an address names one object throughout. */
+    PyObject *seen[SEEN_SLOTS] = {NULL};
+    uint64_t seen_hash[SEEN_SLOTS];
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (hash_one(elems[i], seed, key, &dst[i]) < 0) {
+        PyObject *item = elems[i];
+        size_t slot = seen_slot(item);
+        if (seen[slot] == item) {
+            dst[i] = seen_hash[slot];
+            continue;
+        }
+        if (hash_one(item, seed, key, &dst[i]) < 0) {
             PyBuffer_Release(&out);
             return NULL;
+        }
+        if (PyUnicode_CheckExact(item)) {
+            seen[slot] = item;
+            seen_hash[slot] = dst[i];
         }
     }
     PyBuffer_Release(&out);
     Py_RETURN_NONE;
+}
+
+/* mix_into(values, key, rounds): in the writable uint64 buffer values, each v becomes
+   fmix64(v) (rounds 1) or the int hash fmix64(fmix64(v ^ key) + key) (rounds 2): one pass
+   instead of numpy's dozen. */
+static PyObject *mix_into(PyObject *self, PyObject *args) {
+    Py_buffer values;
+    unsigned long long key;
+    int rounds;
+    if (!PyArg_ParseTuple(args, "w*Ki", &values, &key, &rounds)) return NULL;
+    if ((rounds != 1 && rounds != 2) || values.len % (Py_ssize_t)sizeof(uint64_t) != 0) {
+        PyBuffer_Release(&values);
+        PyErr_SetString(PyExc_ValueError, "mix_into: rounds must be 1 or 2, values a uint64 buffer");
+        return NULL;
+    }
+    uint64_t *v = (uint64_t *)values.buf;
+    Py_ssize_t n = values.len / (Py_ssize_t)sizeof(uint64_t);
+    if (rounds == 1) {
+        for (Py_ssize_t i = 0; i < n; i++) v[i] = fmix64(v[i]);
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) v[i] = mix_int(v[i], key);
+    }
+    PyBuffer_Release(&values);
+    Py_RETURN_NONE;
+}
+
+/* small_codes(address, n, limit, out): number the n objects of a C-contiguous numpy object
+   array (as hash_array_into) by equality, 0, 1, ... in order of first appearance, into the
+   int64 buffer out; returns how many distinct values there are, or -1 (out undefined) when
+   there are more than limit or a value is not exactly a str (other types may define equality
+   as they like). Equal strings are usually the same object, found by address; a new object
+   is compared with each distinct value so far. */
+static PyObject *small_codes(PyObject *self, PyObject *args) {
+    unsigned long long address;
+    Py_ssize_t n, limit;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "Knnw*", &address, &n, &limit, &out)) return NULL;
+    if (n < 0 || limit < 0 || limit > SEEN_SLOTS || out.len < (Py_ssize_t)(n * sizeof(int64_t))) {
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "small_codes: n or limit out of range, or output too small");
+        return NULL;
+    }
+    PyObject **elems = (PyObject **)(uintptr_t)address;
+    int64_t *dst = (int64_t *)out.buf;
+    PyObject *distinct[SEEN_SLOTS];
+    Py_ssize_t count = 0;
+    PyObject *seen[SEEN_SLOTS] = {NULL};
+    int64_t seen_code[SEEN_SLOTS];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = elems[i];
+        size_t slot = seen_slot(item);
+        if (seen[slot] == item) {
+            dst[i] = seen_code[slot];
+            continue;
+        }
+        if (!PyUnicode_CheckExact(item)) goto too_many;
+        Py_ssize_t code = 0;
+        while (code < count) {
+            int eq = PyObject_RichCompareBool(item, distinct[code], Py_EQ);
+            if (eq < 0) { PyBuffer_Release(&out); return NULL; }
+            if (eq) break;
+            code++;
+        }
+        if (code == count) {
+            if (count == limit) goto too_many;
+            distinct[count++] = item;
+        }
+        dst[i] = code;
+        seen[slot] = item;
+        seen_code[slot] = code;
+    }
+    PyBuffer_Release(&out);
+    return PyLong_FromSsize_t(count);
+too_many:
+    PyBuffer_Release(&out);
+    return PyLong_FromLong(-1);
 }
 
 /* run_cumsum(x, rows, first, out, exclusive): per row of the C-contiguous float64 matrix x
@@ -388,6 +491,8 @@ done:
 static PyMethodDef methods[] = {
     {"hash_into", hash_into, METH_VARARGS, "hash_into(items, seed, out): hash a sequence into a uint64 buffer."},
     {"hash_array_into", hash_array_into, METH_VARARGS, "hash_array_into(address, n, seed, out): hash an object array."},
+    {"mix_into", mix_into, METH_VARARGS, "mix_into(values, key, rounds): fmix64 or the int hash, in place."},
+    {"small_codes", small_codes, METH_VARARGS, "small_codes(address, n, limit, out): codes of few distinct strs."},
     {"hash_one", py_hash_one, METH_VARARGS, "hash_one(item, seed) -> int: hash one item."},
     {"run_cumsum", run_cumsum, METH_VARARGS, "run_cumsum(x, rows, first, out, exclusive): prefix sums within runs."},
     {"bloom_probe", bloom_probe, METH_VARARGS, "bloom_probe(hashes, k, m, words, prev, out, mode): Bloom probes."},

@@ -49,6 +49,7 @@ __all__ = [
     "hash_codes",
     "probe_indices",
     "probe_indices_one",
+    "small_codes",
     "unhash_ints",
 ]
 
@@ -87,6 +88,9 @@ def fmix64(values: NDArray[np.uint64]) -> NDArray[np.uint64]:
 
 
 def _fmix64_inplace(x: NDArray[np.uint64]) -> None:
+    if _in_c(x):
+        _chash.mix_into(x, 0, 1)
+        return
     tmp = np.empty_like(x)
     for mult in (_F1, _F2):
         np.right_shift(x, np.uint64(33), out=tmp)
@@ -158,9 +162,17 @@ def hash64(item: Item, seed: int = 0) -> int:
 _CHUNK: Final = 1 << 15  # int hashing in cache-sized chunks: ~2x faster than whole-array passes
 
 
+def _in_c(x: NDArray[np.uint64]) -> bool:
+    """Whether the C extension can mix ``x`` in place (one pass instead of numpy's dozen)."""
+    return _chash is not None and x.dtype == np.uint64 and x.flags.c_contiguous and x.flags.writeable
+
+
 def _hash_int_array(values: NDArray[np.integer] | NDArray[np.bool_], seed: int) -> NDArray[np.uint64]:
     key = np.uint64(_int_key(seed))
     out = values.astype(np.uint64)
+    if _in_c(out):
+        _chash.mix_into(out, int(key), 2)
+        return out
     for start in range(0, out.size, _CHUNK):
         x = out[start : start + _CHUNK]
         x ^= key
@@ -235,6 +247,32 @@ def hash_codes(values: NDArray[Any]) -> tuple[NDArray[np.int64], NDArray[np.intp
     if not bool((values[first][codes] == values).all()):  # a hash collision
         return None
     return codes, first
+
+
+def small_codes(values: NDArray[Any], limit: int = 64) -> NDArray[np.int64] | None:
+    """Number the strings of an object array by equality, ``0, 1, ...`` in order of first
+    appearance, or ``None`` when there are more than ``limit`` (at most 64) distinct values, a
+    value is not a ``str``, or the C extension is missing (then group another way).
+
+    A column of few distinct strings (an event type) holds the same few objects over and
+    over, interned by the parsers, so this is ~40x faster than :func:`hash_codes` on it.
+
+    Examples
+    --------
+    >>> small_codes(np.array(["b", "a", "b", "c"], dtype=object)).tolist()
+    [0, 1, 0, 2]
+    >>> small_codes(np.array(["b", "a", "c"], dtype=object), limit=2) is None
+    True
+    >>> small_codes(np.array(["b", 1], dtype=object)) is None
+    True
+    """
+    if _chash is None or values.dtype != object or not 0 <= limit <= 64:
+        return None
+    flat = np.ascontiguousarray(values.reshape(-1))
+    out = np.empty(len(flat), dtype=np.int64)
+    if _chash.small_codes(flat.ctypes.data, len(flat), limit, out) < 0:
+        return None
+    return out
 
 
 _FEW_DISTINCT: Final = 16

@@ -179,3 +179,57 @@ def test_hash_codes_refuse_collisions_and_unhashable_items(monkeypatch: pytest.M
     assert hashing.hash_codes(np.array(["x", "y"], dtype=object)) is None
     grouped = hashing.hash_codes(np.array(["x", "x"], dtype=object))
     assert grouped is not None and [a.tolist() for a in grouped] == [[0, 0], [0]]
+
+
+# -- small_codes: few distinct strings, by identity then equality -------------------------------
+
+
+@pytest.mark.parametrize("distinct", [1, 5, 64])
+def test_small_codes_number_equal_strings_alike_in_order_of_appearance(distinct: int) -> None:
+    rng = np.random.default_rng(distinct)
+    names = [f"kind-{i}" for i in range(distinct)]
+    # half the values are copies (other objects, equal strings): found by equality, not identity
+    picks = rng.integers(0, distinct, 5000)
+    copies = [names[i] if rng.random() < 0.5 else "".join(list(names[i])) for i in picks]
+    values = np.array(copies, dtype=object)
+    codes = hashing.small_codes(values)
+    assert codes is not None
+    _, first, expected = np.unique(values.astype(str), return_index=True, return_inverse=True)
+    order = np.argsort(first)  # the distinct values in order of first appearance
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    assert codes.tolist() == rank[expected.reshape(-1)].tolist()
+
+
+def test_small_codes_give_up_on_many_values_or_other_types() -> None:
+    many = np.array([f"v{i}" for i in range(65)], dtype=object)
+    assert hashing.small_codes(many) is None  # 65 > the default (and largest) limit of 64
+    assert hashing.small_codes(many[:64]) is not None
+    assert hashing.small_codes(many[:10], limit=9) is None
+    assert hashing.small_codes(np.array(["a", b"a"], dtype=object)) is None
+    assert hashing.small_codes(np.array(["a", 1], dtype=object)) is None
+    assert hashing.small_codes(np.array(["a"], dtype=object), limit=65) is None
+    assert hashing.small_codes(np.array(["a", "b"])) is None  # not an object array
+    empty = hashing.small_codes(np.array([], dtype=object))
+    assert empty is not None and empty.tolist() == []
+
+
+def test_repeated_string_objects_hash_as_their_values() -> None:
+    # hash_array_into keeps the hashes of the strings it saw last by address: values that are
+    # one object, equal copies, and strings in the slots a cached one would take
+    base = [f"merchant-{i}" for i in range(200)]
+    values = np.array([base[i % 7] for i in range(1000)] + base + ["".join(s) for s in base], dtype=object)
+    assert hashing.hash64_many(values, 11).tolist() == [hashing.hash64(v, 11) for v in values.tolist()]
+
+
+def test_one_pass_mixing_in_c_equals_the_numpy_passes() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 2**64, 4001, dtype=np.uint64)
+    in_c = values.copy()
+    hashing._fmix64_inplace(in_c)
+    strided = np.repeat(values, 2)[::2]  # not contiguous: the numpy passes
+    assert not hashing._in_c(strided)
+    hashing._fmix64_inplace(strided)
+    assert in_c.tolist() == strided.tolist() == [hashing._fmix64_int(int(v)) for v in values]
+    ints = rng.integers(-(2**63), 2**63, 1000, dtype=np.int64)
+    assert hashing.hash64_many(ints, 9).tolist() == [hashing._hash_int(int(v), 9) for v in ints]

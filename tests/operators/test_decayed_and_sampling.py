@@ -473,8 +473,15 @@ def test_stratum_codes_survive_hash_collisions(monkeypatch: pytest.MonkeyPatch) 
         calls.append(len(values))
         return np.zeros(len(values), dtype=np.uint64)
 
-    # strata are grouped by sketches.hashing.hash_codes, which looks hash64_many up there
+    # more strata than small_codes takes are grouped by sketches.hashing.hash_codes, which
+    # looks hash64_many up there
     monkeypatch.setattr(hashing, "hash64_many", colliding)
-    strata = np.array(["b", "a", "b", "c"], dtype=object)
-    assert sampling._codes(strata).tolist() == [1, 0, 1, 2]  # the sorted fallback's codes
-    assert calls == [4]  # the hash path ran, and its collision was caught
+    strata = np.array([f"s{i:03d}" for i in range(100)] * 2, dtype=object)
+    assert sampling._codes(strata).tolist() == list(range(100)) * 2  # the sorted fallback's codes
+    assert calls == [200]  # the hash path ran, and its collision was caught
+
+
+def test_few_stratum_strings_are_coded_by_equality_in_order_of_appearance() -> None:
+    # equal strings that are different objects (not interned) get one code too
+    strata = np.array(["b", "a", "".join(["b"]), "c", "a"], dtype=object)
+    assert sampling._codes(strata).tolist() == [0, 1, 0, 2, 1]
