@@ -76,6 +76,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 z=p("outlier_z", 4.0, low=0),
                 ratio=p("outlier_ratio", 10.0, low=1),
                 idle_ttl=p("outlier_idle_ttl", 604_800.0, low=1),
+                key_seed=config.seed,  # the routing hashes, carried by the shard split
             ),
             columns=("card_id", "amount", "ts"),
         ),
@@ -92,6 +93,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 cooldown=p("velocity_cooldown", 300.0, low=0),
                 lateness=p("velocity_lateness", DEFAULT_LATENESS, low=0),
                 idle_ttl=config.idle_ttl,
+                key_seed=config.seed,
             ),
             columns=("card_id", "ts"),
         ),

@@ -69,6 +69,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 name="stuck_sensor",
                 consecutive=p("stuck_consecutive", 3, int, low=2),
                 idle_ttl=config.idle_ttl,
+                key_seed=config.seed,  # the routing hashes, carried by the shard split
             ),
             columns=("device_id", "temperature", "ts"),
         ),
@@ -84,6 +85,7 @@ def detectors(config: Config) -> list[DetectorSpec]:
                 min_breaches=p("breach_min", 5, int, low=1),
                 cooldown=p("breach_cooldown", 600.0, low=0),
                 idle_ttl=config.idle_ttl,
+                key_seed=config.seed,
             ),
             columns=("device_id", "temperature", "ts"),
         ),

@@ -63,9 +63,10 @@ from operators.segments import exclusive_segmented_cumsum, hash_order
 from sketches import DGIM, AgingBloomFilter
 from sketches.dgim_table import MAX_WINDOW as DGIM_TABLE_MAX_WINDOW
 from sketches.dgim_table import DGIMTable
-from sketches.hashing import fmix64, hash64_many
+from sketches.hashing import check_seed, fmix64, hash64_many
 
 __all__ = [
+    "ENTITY_SEED",
     "BreachDetector",
     "DuplicateDetector",
     "OutlierDetector",
@@ -78,8 +79,11 @@ IntArray = NDArray[np.intp]
 BoolArray = NDArray[np.bool_]
 KeyArray = NDArray[np.uint64]
 
-_ENTITY_SEED: Final = 0x5EED_E417
-"""Seed of the entity-key hash (independent of the runtime's shard hash)."""
+ENTITY_SEED: Final = 0x5EED_E417
+"""The entity detectors' default ``key_seed``: the seed of their entity-key hash. The flows
+pass their routing seed instead (``SKETCHWATCH_SEED``), so a detector keys its tables by the
+hashes the shard split computed and carried, and never hashes the entity strings again (~4 %
+of the fraud flow). Snapshots from before ``key_seed`` keep this one (a class attribute)."""
 
 _BLOOM_SEED: Final = 0x5EED_D0B1
 """Default hash seed of the duplicate filters (independent of the runtime's shard hash, whose
@@ -131,19 +135,14 @@ def _int_at_least(name: str, value: int, low: int) -> int:
     return int(value)
 
 
-def _entity_keys(batch: EventBatch, column: str) -> KeyArray:
-    """The entity key hashes of ``batch[column]``, memoised on the batch: the detectors keyed by
-    one column (fraud: amount_outlier and card_velocity) share one sub-batch, so hash it once."""
-    return batch.key_hashes(column, _ENTITY_SEED)
-
-
-def _groups(batch: EventBatch, column: str) -> _Groups:
-    """:class:`_Groups` of ``batch`` by ``column``, memoised on the batch (read-only arrays):
-    amount_outlier and card_velocity group the same sub-batch by card."""
-    key = ("entity_groups", column)
+def _groups(batch: EventBatch, column: str, seed: int) -> _Groups:
+    """:class:`_Groups` of ``batch`` by the hashes of ``column`` under ``seed``, memoised on the
+    batch (read-only arrays), like the hashes: amount_outlier and card_velocity group the same
+    sub-batch by card, and the hashes are the routing ones when ``seed`` is the routing seed."""
+    key = ("entity_groups", column, seed)
     groups: _Groups | None = batch.memo.get(key)
     if groups is None:
-        groups = batch.memo[key] = _Groups(_entity_keys(batch, column))
+        groups = batch.memo[key] = _Groups(batch.key_hashes(column, seed))
         for name in _Groups.__slots__:
             getattr(groups, name).flags.writeable = False
     return groups
@@ -452,6 +451,8 @@ class OutlierDetector(Detector):
         Minimum ``value / exp(mean)``.
     idle_ttl : float, default 604800.0
         Seconds (7 days) without events after which an entity starts afresh (module docstring).
+    key_seed : int, default ENTITY_SEED
+        Seed of the entity-key hash; the flows pass their routing seed (see ``ENTITY_SEED``).
 
     Raises
     ------
@@ -476,6 +477,8 @@ class OutlierDetector(Detector):
     (the parameter).
     """
 
+    key_seed: int = ENTITY_SEED  # what a snapshot from before the parameter was keyed by
+
     def __init__(
         self,
         flow: str = "fraud",
@@ -487,8 +490,10 @@ class OutlierDetector(Detector):
         z: float = 4.0,
         ratio: float = 10.0,
         idle_ttl: float = 7 * 86400.0,
+        key_seed: int = ENTITY_SEED,
     ) -> None:
         self.flow = flow
+        self.key_seed = check_seed(key_seed)
         self.name = name
         self.entity_column = entity_column
         self.value_column = value_column
@@ -550,7 +555,7 @@ class OutlierDetector(Detector):
             self._process(batch.take(np.arange(half)), lv[:half], ts[:half], out)
             self._process(batch.take(np.arange(half, n)), lv[half:], ts[half:], out)
             return
-        g = _groups(batch, self.entity_column)
+        g = _groups(batch, self.entity_column, self.key_seed)
         order = g.order
         sts, slv = ts[order], lv[order]
         clock = event_clock(batch, ts, self._clock)[order]
@@ -717,6 +722,8 @@ class _DGIMDetector(Detector):
     ``recall`` before the shard clock.
     """
 
+    key_seed: int = ENTITY_SEED  # what a snapshot from before the parameter was keyed by
+
     _uses_prev: bool = True
     """Whether :meth:`_bits` reads the previous timestamp (False: ``_table`` is never written)."""
 
@@ -736,8 +743,10 @@ class _DGIMDetector(Detector):
         cooldown: float,
         idle_ttl: float,
         recall: float,
+        key_seed: int = ENTITY_SEED,
     ) -> None:
         self.flow = flow
+        self.key_seed = check_seed(key_seed)
         self.name = name
         self.entity_column = entity_column
         self.last_n = _int_at_least("last_n", last_n, 1)
@@ -800,7 +809,7 @@ class _DGIMDetector(Detector):
         """Vectorised across entities: one :class:`DGIMTable` row per entity (the same buckets
         as one ``DGIM`` per entity), the cooldown chain in Python over the candidate events only."""
         ts = _timestamps(batch)
-        g = _groups(batch, self.entity_column)
+        g = _groups(batch, self.entity_column, self.key_seed)
         sts = ts[g.order]
         clock = event_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
@@ -881,7 +890,7 @@ class _DGIMDetector(Detector):
         """One :class:`sketches.DGIM` object per entity, one Python step per event (windows
         longer than a :class:`DGIMTable` supports)."""
         ts = _timestamps(batch)
-        g = _groups(batch, self.entity_column)
+        g = _groups(batch, self.entity_column, self.key_seed)
         sts = ts[g.order]
         clock = event_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
@@ -1067,6 +1076,8 @@ class VelocityDetector(_DGIMDetector):
         after its last event (the table is swept every ``recall``), not ``idle_ttl``: an
         event later than ``lateness`` may miss its predecessor (bit 0). It bounds the state
         to the entities of the last ``2 * (gap + lateness)`` seconds plus the bursting ones.
+    key_seed : int, default ENTITY_SEED
+        Seed of the entity-key hash; the flows pass their routing seed (see ``ENTITY_SEED``).
 
     Notes
     -----
@@ -1093,11 +1104,14 @@ class VelocityDetector(_DGIMDetector):
         cooldown: float = 300.0,
         idle_ttl: float = 3600.0,
         lateness: float = DEFAULT_LATENESS,
+        key_seed: int = ENTITY_SEED,
     ) -> None:
         self.gap = _non_negative("gap", gap)
         self.lateness = _non_negative("lateness", lateness)
         recall = self.gap + self.lateness
-        super().__init__(flow, name, entity_column, last_n, r, min_rapid, cooldown, idle_ttl, recall)
+        super().__init__(
+            flow, name, entity_column, last_n, r, min_rapid, cooldown, idle_ttl, recall, key_seed
+        )
 
     def _default_recall(self, state: dict[str, Any]) -> float:
         return float(state["gap"]) + float(state["lateness"])  # as __init__ (lateness: below)
@@ -1136,6 +1150,8 @@ class BreachDetector(_DGIMDetector):
     cooldown : float, default 600.0
     idle_ttl : float, default 3600.0
         An entity idle this long starts afresh (module docstring).
+    key_seed : int, default ENTITY_SEED
+        Seed of the entity-key hash; the flows pass their routing seed (see ``ENTITY_SEED``).
 
     Notes
     -----
@@ -1160,8 +1176,11 @@ class BreachDetector(_DGIMDetector):
         min_breaches: int = 5,
         cooldown: float = 600.0,
         idle_ttl: float = 3600.0,
+        key_seed: int = ENTITY_SEED,
     ) -> None:
-        super().__init__(flow, name, entity_column, last_n, r, min_breaches, cooldown, idle_ttl, 0.0)
+        super().__init__(
+            flow, name, entity_column, last_n, r, min_breaches, cooldown, idle_ttl, 0.0, key_seed
+        )
         self.value_column = value_column
         self.limit = float(limit)
 
@@ -1195,6 +1214,8 @@ class StuckDetector(Detector):
         Identical readings in a row that make a stuck run (at least 2).
     idle_ttl : float, default 3600.0
         An entity idle this long starts afresh (module docstring).
+    key_seed : int, default ENTITY_SEED
+        Seed of the entity-key hash; the flows pass their routing seed (see ``ENTITY_SEED``).
 
     Raises
     ------
@@ -1212,6 +1233,8 @@ class StuckDetector(Detector):
     ``consecutive``), ``threshold`` = ``consecutive``.
     """
 
+    key_seed: int = ENTITY_SEED  # what a snapshot from before the parameter was keyed by
+
     def __init__(
         self,
         flow: str = "iot",
@@ -1220,8 +1243,10 @@ class StuckDetector(Detector):
         value_column: str = "temperature",
         consecutive: int = 3,
         idle_ttl: float = 3600.0,
+        key_seed: int = ENTITY_SEED,
     ) -> None:
         self.flow = flow
+        self.key_seed = check_seed(key_seed)
         self.name = name
         self.entity_column = entity_column
         self.value_column = value_column
@@ -1251,7 +1276,7 @@ class StuckDetector(Detector):
         if n == 0:
             return []
         ts = _timestamps(batch)
-        g = _groups(batch, self.entity_column)
+        g = _groups(batch, self.entity_column, self.key_seed)
         order = g.order
         sts = ts[order]
         values = np.asarray(batch[self.value_column], dtype=np.float64)[order]

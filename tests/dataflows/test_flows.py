@@ -363,3 +363,12 @@ def test_velocity_lateness_comes_from_its_variable() -> None:
     set_ = velocity({"SKETCHWATCH_FRAUD_VELOCITY_LATENESS": "5", "SKETCHWATCH_FRAUD_VELOCITY_GAP": "3"})
     assert (set_.lateness, set_.recall) == (5.0, 8.0)
     assert velocity({}).lateness == 60.0
+
+
+@pytest.mark.parametrize("flow", ["fraud", "iot"])
+def test_entity_detectors_are_keyed_by_the_routing_hashes(tmp_path: Path, flow: str) -> None:
+    # key_seed = SKETCHWATCH_SEED: a shard's tables use the hashes the split carried
+    config = Config.from_env(flow, _env(tmp_path, SKETCHWATCH_SEED="4242"))
+    keyed = [d for d in (spec.factory() for spec in detectors_for(flow)(config)) if hasattr(d, "key_seed")]
+    assert len(keyed) == 2
+    assert all(d.key_seed == config.seed == 4242 for d in keyed)  # type: ignore[attr-defined]

@@ -18,18 +18,21 @@ from typing import Any
 import numpy as np
 import pytest
 
+from connectors import events
 from connectors.events import EventBatch, Progress
 from operators.alerts import Alert
 from operators.detectors.entity import (
     DEFAULT_LATENESS,
+    ENTITY_SEED,
     BreachDetector,
     DuplicateDetector,
     OutlierDetector,
     StuckDetector,
     VelocityDetector,
 )
-from operators.runtime import Detector, Output, PartitionClock, _DetectorLogic
+from operators.runtime import Detector, Output, PartitionClock, _DetectorLogic, split_by_shard
 from sketches import DGIM, DecayingAggregate
+from sketches.hashing import hash64_many
 
 Factory = Callable[[], Detector]
 
@@ -893,6 +896,7 @@ def test_snapshot_of_the_previous_layout_resumes_identically(name: str) -> None:
     expected = full_signature(run(live, tail, [150]))
     old: Any = pickle.loads(zlib.decompress(base64.b64decode("".join(_OLD_SNAPSHOTS[name]))))
     assert type(old) is type(live)
+    assert old.key_seed == ENTITY_SEED  # keyed as it was: the class attribute
     assert old.n_entities == factory_entities(factory, head)
     if isinstance(old, (VelocityDetector, BreachDetector)):  # from before recall: the defaults
         recall = min(10.0 + DEFAULT_LATENESS, 60.0) if name == "velocity" else 0.0
@@ -984,3 +988,65 @@ def test_an_idle_entity_not_yet_swept_starts_afresh_like_an_evicted_one() -> Non
     (row,) = outlier.history.find(fresh.table.keys).tolist()  # kept current: the one-event state
     state = [outlier.history[name][row] for name in ("weight", "m2", "ref", "count")]
     assert state == [1.0, 0.0, 104.0, 1]
+
+
+# -- the entity-key seed: the routing hashes, carried by the shard split -------------------------
+
+_KEYED: dict[str, tuple[Callable[..., Detector], Callable[[int, int], EventBatch], str]] = {
+    "amount_outlier": (
+        lambda **kw: OutlierDetector(half_life=300.0, min_history=3, z=2.5, ratio=4.0, idle_ttl=120.0, **kw),
+        fraud_stream,
+        "card_id",
+    ),
+    "card_velocity": (
+        lambda **kw: VelocityDetector(min_rapid=4, cooldown=20.0, idle_ttl=90.0, **kw),
+        fraud_stream,
+        "card_id",
+    ),
+    "threshold_breaches": (
+        lambda **kw: BreachDetector(last_n=10, r=2, min_breaches=3, cooldown=30.0, idle_ttl=60.0, **kw),
+        iot_stream,
+        "device_id",
+    ),
+    "stuck_sensor": (lambda **kw: StuckDetector(consecutive=3, idle_ttl=40.0, **kw), iot_stream, "device_id"),
+}
+
+
+@pytest.mark.parametrize("name", list(_KEYED))
+def test_alerts_do_not_depend_on_the_entity_key_seed(name: str) -> None:
+    make, stream, _ = _KEYED[name]
+    batch = stream(FRAUD_N, 13)
+    default = make()
+    assert default.key_seed == ENTITY_SEED  # type: ignore[attr-defined]
+    expected = full_signature(run(default, batch, [1000, 1900]))
+    assert len(expected) >= 3
+    other = make(key_seed=12345)
+    head = run(other, batch.take(np.arange(1000)))
+    restored: Any = pickle.loads(pickle.dumps(other, protocol=pickle.HIGHEST_PROTOCOL))
+    assert restored.key_seed == 12345
+    tail = run(restored, batch.take(np.arange(1000, len(batch))), [900])
+    assert full_signature(head + tail) == expected
+    with pytest.raises(ValueError, match="seed"):
+        make(key_seed=-1)
+
+
+@pytest.mark.parametrize("name", list(_KEYED))
+def test_a_detector_keyed_by_the_routing_seed_does_not_hash_its_entities_again(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make, stream, column = _KEYED[name]
+    seeds: list[int] = []
+
+    def spy(items: Any, seed: int = 0) -> Any:
+        if items.dtype == object and str(items[0]).startswith(("c", "d")):  # a card or device id
+            seeds.append(seed)
+        return hash64_many(items, seed)
+
+    monkeypatch.setattr(events, "hash64_many", spy)
+    parts = split_by_shard(stream(600, 5), column, shards=4, seed=7)
+    assert seeds == [7]  # the routing hash
+    for key_seed, hashed in ((7, []), (ENTITY_SEED, [ENTITY_SEED] * len(parts))):
+        seeds.clear()
+        for _, part in parts:
+            make(key_seed=key_seed).process(part)
+        assert seeds == hashed
