@@ -14,7 +14,7 @@ import pytest
 from connectors.config import DEFAULTS
 from connectors.sql import read_alerts
 from recovery.__main__ import main
-from recovery.store import StoreError, init_store, inspect_store, partition_files, reset_store
+from recovery.store import PAGE_SIZE, StoreError, init_store, inspect_store, partition_files, reset_store
 
 REPO = Path(__file__).resolve().parents[2]
 EVENTS = 20_000
@@ -77,6 +77,23 @@ def test_init_creates_an_empty_store(tmp_path: Path) -> None:
     assert report.steps == () and report.input_offsets == {} and report.problems == ()
     assert all(p.commit_epoch is None and p.snapshots == 0 for p in report.partitions)
     assert not [p for p in (tmp_path / "a" / "store").iterdir() if p.is_dir()]  # scratch removed
+    for part in partition_files(tmp_path / "a" / "store"):  # large pages, WAL as Bytewax made it
+        assert pragmas(part) == (PAGE_SIZE, "wal")
+
+
+def pragmas(path: Path) -> tuple[int, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("pragma page_size").fetchone()[0], conn.execute("pragma journal_mode").fetchone()[
+            0
+        ]
+    finally:
+        conn.close()
+
+
+def test_runs_keep_the_large_pages(ran: Path) -> None:
+    # Bytewax writes, collects and resumes (test_resume_...) in the files as init_store made them
+    assert [pragmas(p) for p in partition_files(ran / "store")] == [(PAGE_SIZE, "wal")] * 2
 
 
 def test_init_refuses_to_overwrite(store: Path) -> None:
