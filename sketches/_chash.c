@@ -275,7 +275,7 @@ static PyObject *small_codes(PyObject *self, PyObject *args) {
             dst[i] = seen_code[slot];
             continue;
         }
-        if (!PyUnicode_CheckExact(item)) goto too_many;
+        if (!PyUnicode_CheckExact(item)) goto give_up;
         Py_ssize_t code = 0;
         while (code < count) {
             int eq = PyObject_RichCompareBool(item, distinct[code], Py_EQ);
@@ -284,7 +284,7 @@ static PyObject *small_codes(PyObject *self, PyObject *args) {
             code++;
         }
         if (code == count) {
-            if (count == limit) goto too_many;
+            if (count == limit) goto give_up;
             distinct[count++] = item;
         }
         dst[i] = code;
@@ -293,7 +293,7 @@ static PyObject *small_codes(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&out);
     return PyLong_FromSsize_t(count);
-too_many:
+give_up:
     PyBuffer_Release(&out);
     return PyLong_FromLong(-1);
 }
