@@ -137,7 +137,8 @@ def split_by_shard(
 
 def _split(batch: EventBatch, key: str, shards: int, seed: int) -> list[tuple[str, EventBatch]]:
     hashes = batch.key_hashes(key, seed)
-    # The high hash bits pick the shard; detectors use the full hash, so both stay independent.
+    # The high hash bits pick the shard; the entity detectors key their tables by the full hash
+    # (exact lookups: the bits a shard's keys share cost nothing).
     shard = (hashes >> np.uint64(40)) % np.uint64(shards)
     # A stable sort of small integers (radix sort for 16 bits) keeps input order within shards.
     shard = shard.astype(np.uint16 if shards <= 1 << 16 else np.intp)

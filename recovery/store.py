@@ -581,7 +581,8 @@ def _create(directory: Path, partitions: int) -> None:
 def init_store(
     directory: Path | str, partitions: int, *, force: bool = False, if_missing: bool = False
 ) -> StoreReport:
-    """Create an empty recovery store of ``partitions`` partitions (``bytewax.recovery`` init).
+    """Create an empty recovery store of ``partitions`` partitions (``bytewax.recovery`` init,
+    then :data:`PAGE_SIZE` pages).
 
     Parameters
     ----------

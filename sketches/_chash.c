@@ -216,6 +216,10 @@ static PyObject *hash_array_into(PyObject *self, PyObject *args) {
         if (PyUnicode_CheckExact(item)) {
             seen[slot] = item;
             seen_hash[slot] = dst[i];
+        } else if (!PyBytes_CheckExact(item) && !PyLong_CheckExact(item)) {
+            /* hashing it may have run Python code (__index__) that replaced array items:
+               a cached address may now be another object's */
+            memset(seen, 0, sizeof seen);
         }
     }
     PyBuffer_Release(&out);

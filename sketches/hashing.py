@@ -13,9 +13,9 @@ Definition (stable across processes, machines and versions of this library):
 * Anything else raises ``TypeError``. Python's ``hash()`` is never used: it is salted per
   process, so sketches built in two processes would silently disagree.
 
-The batch path (``hash64_many``) runs in a small C extension for lists of str/bytes/int
-and in vectorised numpy for integer arrays; without the extension it falls back to
-``mmh3`` with identical results. ``BACKEND`` says which one is in use.
+The batch path (``hash64_many``) runs in a small C extension, for object columns and lists
+of str/bytes/int and in one pass for integer arrays; without the extension it falls back to
+``mmh3`` and vectorised numpy with identical results. ``BACKEND`` says which one is in use.
 
 >>> hash64("abc", seed=7) == hash64(b"abc", seed=7)
 True
@@ -164,7 +164,9 @@ _CHUNK: Final = 1 << 15  # int hashing in cache-sized chunks: ~2x faster than wh
 
 def _in_c(x: NDArray[np.uint64]) -> bool:
     """Whether the C extension can mix ``x`` in place (one pass instead of numpy's dozen)."""
-    return _chash is not None and x.dtype == np.uint64 and x.flags.c_contiguous and x.flags.writeable
+    flags = x.flags
+    in_place = flags.c_contiguous and flags.writeable and flags.aligned
+    return _chash is not None and x.dtype == np.uint64 and in_place
 
 
 def _hash_int_array(values: NDArray[np.integer] | NDArray[np.bool_], seed: int) -> NDArray[np.uint64]:

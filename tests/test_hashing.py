@@ -191,6 +191,7 @@ def test_small_codes_number_equal_strings_alike_in_order_of_appearance(distinct:
     # half the values are copies (other objects, equal strings): found by equality, not identity
     picks = rng.integers(0, distinct, 5000)
     copies = [names[i] if rng.random() < 0.5 else "".join(list(names[i])) for i in picks]
+    assert any(c is not names[i] for c, i in zip(copies, picks, strict=True))
     values = np.array(copies, dtype=object)
     codes = hashing.small_codes(values)
     assert codes is not None
@@ -233,3 +234,19 @@ def test_one_pass_mixing_in_c_equals_the_numpy_passes() -> None:
     assert in_c.tolist() == strided.tolist() == [hashing._fmix64_int(int(v)) for v in values]
     ints = rng.integers(-(2**63), 2**63, 1000, dtype=np.int64)
     assert hashing.hash64_many(ints, 9).tolist() == [hashing._hash_int(int(v), 9) for v in ints]
+
+
+def test_the_address_cache_forgets_what_python_code_may_have_replaced() -> None:
+    # an item's __index__ runs Python code during the batch hash: it frees a string already
+    # hashed and puts a new one in its place; the new one may reuse the freed address
+    values = np.array(["".join(["ab", "cd"]), None, None], dtype=object)
+
+    class Replacing:
+        def __index__(self) -> int:
+            values[0] = None  # the only reference to "abcd": freed
+            values[2] = "".join(["wx", "yz"])  # may land at the freed address
+            return 5
+
+    values[1] = Replacing()
+    got = hashing.hash64_many(values, 3)
+    assert got[2] == hashing.hash64("wxyz", 3) and got[1] == hashing.hash64(5, 3)

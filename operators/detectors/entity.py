@@ -83,7 +83,9 @@ ENTITY_SEED: Final = 0x5EED_E417
 """The entity detectors' default ``key_seed``: the seed of their entity-key hash. The flows
 pass their routing seed instead (``SKETCHWATCH_SEED``), so a detector keys its tables by the
 hashes the shard split computed and carried, and never hashes the entity strings again (~4 %
-of the fraud flow). Snapshots from before ``key_seed`` keep this one (a class attribute)."""
+of the fraud flow). Snapshots from before ``key_seed`` keep this one (a class attribute); a
+snapshot keyed by another seed cannot go back to a version without ``key_seed`` (its entities
+would silently start afresh)."""
 
 _BLOOM_SEED: Final = 0x5EED_D0B1
 """Default hash seed of the duplicate filters (independent of the runtime's shard hash, whose

@@ -483,5 +483,6 @@ def test_stratum_codes_survive_hash_collisions(monkeypatch: pytest.MonkeyPatch) 
 
 def test_few_stratum_strings_are_coded_by_equality_in_order_of_appearance() -> None:
     # equal strings that are different objects (not interned) get one code too
-    strata = np.array(["b", "a", "".join(["b"]), "c", "a"], dtype=object)
+    strata = np.array(["bb", "aa", "".join(["b", "b"]), "cc", "aa"], dtype=object)
+    assert strata[0] is not strata[2]
     assert sampling._codes(strata).tolist() == [0, 1, 0, 2, 1]
