@@ -21,6 +21,7 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Final
 
 import numpy as np
@@ -297,16 +298,29 @@ class WindowSampler(Detector):
         return self._close(math.inf)
 
     def _offer(self, batch: EventBatch) -> None:
-        win = self._windows_of(np.asarray(batch["ts"], dtype=np.float64))
+        """Merge the events into their windows' and strata's bottom-k lists, one (window,
+        stratum) group at a time. An event enters as its row number; only the rows still kept
+        at the end become dicts. The same lists as inserting the events one by one in input
+        order: a stable sort by priority keeps earlier items first among equal priorities."""
+        ts = np.asarray(batch["ts"], dtype=np.float64)
+        win = self._windows_of(ts)
         prio = self._priorities(batch, np.arange(len(batch)), win).tolist()
-        strata = self.stratum.strata(batch).tolist()
+        strata = self.stratum.strata(batch)
+        codes = _codes(strata)
         part = _partition(batch)
-        events = zip(batch.positions.tolist(), batch.records(), strict=True)
-        for (pos, event), k, p, stratum in zip(events, win.tolist(), prio, strata, strict=True):
-            kept = self._windows.setdefault(k, {}).setdefault(str(stratum), [])
-            if len(kept) < self.k_per_stratum or p < kept[-1][0]:
-                bisect.insort(kept, (p, pos, event, part), key=_first)
-                del kept[self.k_per_stratum :]
+        positions = batch.positions.tolist()
+        k = self.k_per_stratum
+        touched = []
+        for _, rows in group_rows((win - win.min()) * (int(codes.max()) + 1) + codes):
+            first = int(rows[0])
+            kept = self._windows.setdefault(int(win[first]), {}).setdefault(str(strata[first]), [])
+            offered = [(prio[r], positions[r], r, part) for r in rows.tolist()]
+            kept[:] = sorted(kept + offered, key=_PRIORITY)[:k]
+            touched.append(kept)
+        new = [item[2] for kept in touched for item in kept if type(item[2]) is int]
+        events = dict(zip(new, batch.take(np.asarray(new, dtype=np.intp)).records(), strict=True))
+        for kept in touched:  # (items of older snapshots have no partition: 3 long)
+            kept[:] = [(*it[:2], events[it[2]], *it[3:]) if type(it[2]) is int else it for it in kept]
 
     def _close(self, watermark: float) -> list[Output]:
         out: list[Output] = []
@@ -358,8 +372,8 @@ def _prefix_bottom_k(prio: NDArray[np.uint64], k: int) -> NDArray[np.intp]:
     return np.asarray(kept, dtype=np.intp)
 
 
-def _first(item: tuple[Any, ...]) -> int:
-    return int(item[0])
+_PRIORITY: Final = itemgetter(0)
+"""A kept item's priority (its first element), the sort key of the bottom-k lists."""
 
 
 def _sampled(item: tuple[Any, ...]) -> tuple[int, dict[str, Any], str]:

@@ -486,3 +486,19 @@ def test_few_stratum_strings_are_coded_by_equality_in_order_of_appearance() -> N
     strata = np.array(["bb", "aa", "".join(["b", "b"]), "cc", "aa"], dtype=object)
     assert strata[0] is not strata[2]
     assert sampling._codes(strata).tolist() == [0, 1, 0, 2, 1]
+
+
+def test_sampler_state_from_before_partitions_takes_new_events() -> None:
+    # kept items of older snapshots are (priority, position, event): new events merge with them
+    batch = ddos_events(3000, seed=9)
+    head, tail = batch.take(np.arange(1500)), batch.take(np.arange(1500, 3000))
+    whole = run(sampler_for("ddos", k_per_stratum=3, seed=1), [head, tail])
+    old = sampler_for("ddos", k_per_stratum=3, seed=1)
+    first = old.process(head)  # no flush: windows stay open
+    for strata in old._windows.values():
+        for name, kept in strata.items():
+            assert all(item[3] == "" for item in kept)  # one partition
+            strata[name] = [item[:3] for item in kept]
+    resumed = pickle.loads(pickle.dumps(old))
+    got = first + run(resumed, [tail])
+    assert [(*sample_key(s), s.event) for s in got] == [(*sample_key(s), s.event) for s in whole]  # type: ignore[union-attr]
