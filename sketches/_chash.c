@@ -85,10 +85,32 @@ static uint64_t murmur3_x64_128_low(const uint8_t *data, Py_ssize_t len, uint32_
 
 #define SEEN_SLOTS 64
 
-/* The slot of an object in a small table keyed by address (objects are 16-byte aligned). */
+/* A value per object seen last, by address (direct-mapped): a column of few distinct values
+   holds the same few objects over and over (parsers intern them), and looking one up costs a
+   few ns where hashing or comparing it costs ~10. Valid within one call over an array that
+   keeps every object alive, so that an address names one object throughout. */
+typedef struct {
+    PyObject *obj[SEEN_SLOTS];
+    uint64_t value[SEEN_SLOTS];
+} Seen;
+
+/* The slot of an object (objects are 16-byte aligned). */
 static inline size_t seen_slot(PyObject *item) {
     uintptr_t a = (uintptr_t)item >> 4;
     return (size_t)((a ^ (a >> 6) ^ (a >> 12)) & (SEEN_SLOTS - 1));
+}
+
+static inline int seen_get(const Seen *seen, PyObject *item, uint64_t *value) {
+    size_t slot = seen_slot(item);
+    if (seen->obj[slot] != item) return 0;
+    *value = seen->value[slot];
+    return 1;
+}
+
+static inline void seen_put(Seen *seen, PyObject *item, uint64_t value) {
+    size_t slot = seen_slot(item);
+    seen->obj[slot] = item;
+    seen->value[slot] = value;
 }
 
 static inline uint64_t int_key(uint32_t seed) { return fmix64((uint64_t)seed + GOLDEN); }
@@ -196,30 +218,20 @@ static PyObject *hash_array_into(PyObject *self, PyObject *args) {
     uint64_t key = int_key(seed);
     PyObject **elems = (PyObject **)(uintptr_t)address;
     uint64_t *dst = (uint64_t *)out.buf;
-    /* The hashes of the strings seen last, by object: a column of few distinct values holds
-       the same few objects over and over (parsers intern them), and looking one up costs a
-       few ns where hashing it costs ~10. The array keeps every object alive during the call,
-       so an address names one object throughout. */
-    PyObject *seen[SEEN_SLOTS] = {NULL};
-    uint64_t seen_hash[SEEN_SLOTS];
+    Seen seen = {{NULL}, {0}};  /* the hashes of the strings seen last */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = elems[i];
-        size_t slot = seen_slot(item);
-        if (seen[slot] == item) {
-            dst[i] = seen_hash[slot];
-            continue;
-        }
+        if (seen_get(&seen, item, &dst[i])) continue;
         if (hash_one(item, seed, key, &dst[i]) < 0) {
             PyBuffer_Release(&out);
             return NULL;
         }
         if (PyUnicode_CheckExact(item)) {
-            seen[slot] = item;
-            seen_hash[slot] = dst[i];
+            seen_put(&seen, item, dst[i]);
         } else if (!PyBytes_CheckExact(item) && !PyLong_CheckExact(item)) {
             /* hashing it may have run Python code (__index__) that replaced array items:
                a cached address may now be another object's */
-            memset(seen, 0, sizeof seen);
+            memset(seen.obj, 0, sizeof seen.obj);
         }
     }
     PyBuffer_Release(&out);
@@ -270,13 +282,12 @@ static PyObject *small_codes(PyObject *self, PyObject *args) {
     int64_t *dst = (int64_t *)out.buf;
     PyObject *distinct[SEEN_SLOTS];
     Py_ssize_t count = 0;
-    PyObject *seen[SEEN_SLOTS] = {NULL};
-    int64_t seen_code[SEEN_SLOTS];
+    Seen seen = {{NULL}, {0}};  /* the codes of the strings seen last */
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = elems[i];
-        size_t slot = seen_slot(item);
-        if (seen[slot] == item) {
-            dst[i] = seen_code[slot];
+        uint64_t cached;
+        if (seen_get(&seen, item, &cached)) {
+            dst[i] = (int64_t)cached;
             continue;
         }
         if (!PyUnicode_CheckExact(item)) goto give_up;
@@ -292,8 +303,7 @@ static PyObject *small_codes(PyObject *self, PyObject *args) {
             distinct[count++] = item;
         }
         dst[i] = code;
-        seen[slot] = item;
-        seen_code[slot] = code;
+        seen_put(&seen, item, (uint64_t)code);
     }
     PyBuffer_Release(&out);
     return PyLong_FromSsize_t(count);

@@ -251,7 +251,11 @@ def hash_codes(values: NDArray[Any]) -> tuple[NDArray[np.int64], NDArray[np.intp
     return codes, first
 
 
-def small_codes(values: NDArray[Any], limit: int = 64) -> NDArray[np.int64] | None:
+SMALL_CODES_MAX: Final = 64
+"""The largest ``limit`` of :func:`small_codes` (the C extension's address table size)."""
+
+
+def small_codes(values: NDArray[Any], limit: int = SMALL_CODES_MAX) -> NDArray[np.int64] | None:
     """Number the strings of an object array by equality, ``0, 1, ...`` in order of first
     appearance, or ``None`` when there are more than ``limit`` (at most 64) distinct values, a
     value is not a ``str``, or the C extension is missing (then group another way).
@@ -268,7 +272,7 @@ def small_codes(values: NDArray[Any], limit: int = 64) -> NDArray[np.int64] | No
     >>> small_codes(np.array(["b", 1], dtype=object)) is None
     True
     """
-    if _chash is None or values.dtype != object or not 0 <= limit <= 64:
+    if _chash is None or values.dtype != object or not 0 <= limit <= SMALL_CODES_MAX:
         return None
     flat = np.ascontiguousarray(values.reshape(-1))
     out = np.empty(len(flat), dtype=np.int64)

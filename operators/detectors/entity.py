@@ -412,7 +412,18 @@ def _split_outlier_table(old: EntityTable, idle_ttl: float) -> tuple[EntityTable
     return table, history
 
 
-class OutlierDetector(Detector):
+class _EntityKeyed(Detector):
+    """A detector whose tables are keyed by the hashes of ``entity_column`` under ``key_seed``
+    (see ``ENTITY_SEED``)."""
+
+    entity_column: str
+    key_seed: int = ENTITY_SEED  # what a snapshot from before the parameter was keyed by
+
+    def _grouped(self, batch: EventBatch) -> _Groups:
+        return _groups(batch, self.entity_column, self.key_seed)
+
+
+class OutlierDetector(_EntityKeyed):
     """An entity's value far above its own decayed history, on a log scale (fraud ``amount_outlier``).
 
     Per entity (card) the state keeps the decayed weight, mean and ``M2`` of ``log(value)``
@@ -478,8 +489,6 @@ class OutlierDetector(Detector):
     ``min_history``, ``z_threshold``, ``ratio_threshold``. ``score = z``, ``threshold = z``
     (the parameter).
     """
-
-    key_seed: int = ENTITY_SEED  # what a snapshot from before the parameter was keyed by
 
     def __init__(
         self,
@@ -557,7 +566,7 @@ class OutlierDetector(Detector):
             self._process(batch.take(np.arange(half)), lv[:half], ts[:half], out)
             self._process(batch.take(np.arange(half, n)), lv[half:], ts[half:], out)
             return
-        g = _groups(batch, self.entity_column, self.key_seed)
+        g = self._grouped(batch)
         order = g.order
         sts, slv = ts[order], lv[order]
         clock = event_clock(batch, ts, self._clock)[order]
@@ -696,7 +705,7 @@ def _mask_dtype(window: int) -> type[np.unsignedinteger[Any]]:
     return np.uint64
 
 
-class _DGIMDetector(Detector):
+class _DGIMDetector(_EntityKeyed):
     """Per entity a DGIM over one bit per event; alert when its estimate reaches ``threshold``.
 
     An alert is raised only at an event whose own bit is 1 (the estimate first reaches the
@@ -723,8 +732,6 @@ class _DGIMDetector(Detector):
     and the entities that went cold again, and from ``_table`` the entities seen more than
     ``recall`` before the shard clock.
     """
-
-    key_seed: int = ENTITY_SEED  # what a snapshot from before the parameter was keyed by
 
     _uses_prev: bool = True
     """Whether :meth:`_bits` reads the previous timestamp (False: ``_table`` is never written)."""
@@ -811,7 +818,7 @@ class _DGIMDetector(Detector):
         """Vectorised across entities: one :class:`DGIMTable` row per entity (the same buckets
         as one ``DGIM`` per entity), the cooldown chain in Python over the candidate events only."""
         ts = _timestamps(batch)
-        g = _groups(batch, self.entity_column, self.key_seed)
+        g = self._grouped(batch)
         sts = ts[g.order]
         clock = event_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
@@ -892,7 +899,7 @@ class _DGIMDetector(Detector):
         """One :class:`sketches.DGIM` object per entity, one Python step per event (windows
         longer than a :class:`DGIMTable` supports)."""
         ts = _timestamps(batch)
-        g = _groups(batch, self.entity_column, self.key_seed)
+        g = self._grouped(batch)
         sts = ts[g.order]
         clock = event_clock(batch, ts, self._clock)[g.order]
         self._clock = float(clock.max())
@@ -1198,7 +1205,7 @@ class BreachDetector(_DGIMDetector):
 # -- stuck sensors -------------------------------------------------------------------------------
 
 
-class StuckDetector(Detector):
+class StuckDetector(_EntityKeyed):
     """A sensor repeating exactly the same value (iot ``stuck_sensor``).
 
     Per entity (device) an :class:`~operators.entities.EntityTable` row keeps the last value
@@ -1234,8 +1241,6 @@ class StuckDetector(Detector):
     Evidence: ``value``, ``run_length``, ``consecutive``. ``score`` = run length (=
     ``consecutive``), ``threshold`` = ``consecutive``.
     """
-
-    key_seed: int = ENTITY_SEED  # what a snapshot from before the parameter was keyed by
 
     def __init__(
         self,
@@ -1278,7 +1283,7 @@ class StuckDetector(Detector):
         if n == 0:
             return []
         ts = _timestamps(batch)
-        g = _groups(batch, self.entity_column, self.key_seed)
+        g = self._grouped(batch)
         order = g.order
         sts = ts[order]
         values = np.asarray(batch[self.value_column], dtype=np.float64)[order]
