@@ -11,6 +11,8 @@
  * the two 32-bit halves, Lemire's multiply-shift reduction). Sequential by construction, so
  * an item repeated within a batch is found at its second occurrence.
  *
+ * cms_add, cms_min: a Count-Min sketch's plain update and estimates, with the same probes.
+ *
  * dgim_add: DGIMTable.add event by event (exactly the numpy rounds' result, at ~ns per event).
  *
  * mix_into: the 64-bit finaliser or the int hash over a uint64 array in one pass.
@@ -429,6 +431,83 @@ done:
     return result;
 }
 
+/* cms_add(hashes, k, m, counters, weights): a Count-Min sketch's plain update, row i of item j at
+ * counters[i * m + probe_i(hashes[j])] += weights[j] (1 when weights is None); the probes are
+ * those of hashing.probe_indices for m <= 2**32. The caller keeps the total (overflow checks). */
+static PyObject *cms_add(PyObject *self, PyObject *args) {
+    Py_buffer hashes, counters, weights = {0};
+    PyObject *weights_obj;
+    unsigned int k;
+    unsigned long long m;
+    if (!PyArg_ParseTuple(args, "y*IKw*O", &hashes, &k, &m, &counters, &weights_obj)) return NULL;
+    PyObject *result = NULL;
+    int have_weights = weights_obj != Py_None;
+    if (have_weights && PyObject_GetBuffer(weights_obj, &weights, PyBUF_SIMPLE) < 0) goto done;
+    Py_ssize_t n = hashes.len / (Py_ssize_t)sizeof(uint64_t);
+    if (m == 0 || m > 0x100000000ULL || (uint64_t)counters.len != (uint64_t)k * m * sizeof(int64_t) ||
+        (have_weights && weights.len != n * (Py_ssize_t)sizeof(int64_t))) {
+        PyErr_SetString(PyExc_ValueError, "cms_add: m must be in [1, 2**32], counters k * m int64, one weight per hash");
+        goto done;
+    }
+    const uint64_t *h = (const uint64_t *)hashes.buf;
+    const int64_t *w = have_weights ? (const int64_t *)weights.buf : NULL;
+    int64_t *c = (int64_t *)counters.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        uint32_t a = (uint32_t)h[j], b = (uint32_t)(h[j] >> 32) | 1u;
+        int64_t add = w ? w[j] : 1;
+        int64_t *row = c;
+        for (unsigned i = 0; i < k; i++, a += b, row += m) row[((uint64_t)a * m) >> 32] += add;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    if (have_weights && weights.obj != NULL) PyBuffer_Release(&weights);
+    PyBuffer_Release(&hashes);
+    PyBuffer_Release(&counters);
+    return result;
+}
+
+/* cms_min(hashes, k, m, counters, out): out[j] = the least of item j's k counters (the estimate). */
+static PyObject *cms_min(PyObject *self, PyObject *args) {
+    Py_buffer hashes, counters, out;
+    unsigned int k;
+    unsigned long long m;
+    if (!PyArg_ParseTuple(args, "y*IKy*w*", &hashes, &k, &m, &counters, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = hashes.len / (Py_ssize_t)sizeof(uint64_t);
+    if (k == 0 || m == 0 || m > 0x100000000ULL || (uint64_t)counters.len != (uint64_t)k * m * sizeof(int64_t) ||
+        out.len != n * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "cms_min: k >= 1, m in [1, 2**32], counters k * m int64, one output per hash");
+        goto done;
+    }
+    const uint64_t *h = (const uint64_t *)hashes.buf;
+    const int64_t *c = (const int64_t *)counters.buf;
+    int64_t *o = (int64_t *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        uint32_t a = (uint32_t)h[j], b = (uint32_t)(h[j] >> 32) | 1u;
+        int64_t least = c[((uint64_t)a * m) >> 32];
+        const int64_t *row = c;
+        for (unsigned i = 1; i < k; i++) {
+            a += b;
+            row += m;
+            int64_t v = row[((uint64_t)a * m) >> 32];
+            if (v < least) least = v;
+        }
+        o[j] = least;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&hashes);
+    PyBuffer_Release(&counters);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static inline uint64_t highest_bit(uint64_t x) { return x ? 1ULL << (63 - __builtin_clzll(x)) : 0; }
 
 /* dgim_add(masks, rows, bits, reset, window, r, estimate, lo, hi): DGIMTable.add, one event after
@@ -510,6 +589,8 @@ static PyMethodDef methods[] = {
     {"hash_one", py_hash_one, METH_VARARGS, "hash_one(item, seed) -> int: hash one item."},
     {"run_cumsum", run_cumsum, METH_VARARGS, "run_cumsum(x, rows, first, out, exclusive): prefix sums within runs."},
     {"bloom_probe", bloom_probe, METH_VARARGS, "bloom_probe(hashes, k, m, words, prev, out, mode): Bloom probes."},
+    {"cms_add", cms_add, METH_VARARGS, "cms_add(hashes, k, m, counters, weights): Count-Min plain update."},
+    {"cms_min", cms_min, METH_VARARGS, "cms_min(hashes, k, m, counters, out): Count-Min estimates."},
     {"dgim_add", dgim_add, METH_VARARGS, "dgim_add(masks, rows, bits, reset, window, r, est, lo, hi): DGIMTable.add."},
     {NULL, NULL, 0, NULL},
 };

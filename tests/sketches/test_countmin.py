@@ -3,12 +3,14 @@ from __future__ import annotations
 import math
 import pickle
 from collections import Counter
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sketches import countmin
 from sketches._format import Codec
 from sketches.countmin import CountMinSketch
 from sketches.hashing import hash64_many, probe_indices
@@ -485,3 +487,55 @@ def test_conservative_never_worse_than_plain_on_zipf() -> None:
         p, c = plain.estimate_many(keys), cons.estimate_many(keys)
         assert (truth <= c).all() and (c <= p).all()
         assert (p - truth).sum() > 2 * (c - truth).sum()  # and markedly better in total
+
+
+# ---------------------------------------------------------------- C kernels
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    hashes=st.lists(st.integers(0, 2**64 - 1), max_size=80),
+    width=st.sampled_from([1, 2, 7, 64, 1000, 2**32 - 1]),
+    depth=st.integers(1, 9),
+    weighted=st.booleans(),
+    strided=st.booleans(),
+)
+def test_c_kernels_match_the_numpy_path(
+    hashes: list[int], width: int, depth: int, weighted: bool, strided: bool
+) -> None:
+    if width * depth > 2**20:  # the widest sketches only with a few rows' worth of memory
+        width = 2**20 // depth
+    h = np.array(hashes, dtype=np.uint64)
+    weights = (
+        np.arange(1, 2 * len(h) + 1, dtype=np.int64)[:: 2 if strided else 1][: len(h)] if weighted else None
+    )
+    c_sketch = CountMinSketch(width, depth, seed=3)
+    np_sketch = CountMinSketch(width, depth, seed=3)
+    c_sketch.update(h, weights)
+    c_est = c_sketch.estimate_many(h)
+    with mock.patch.object(countmin, "_chash", None):
+        np_sketch.update(h, weights)
+        np_est = np_sketch.estimate_many(h)
+    assert np.array_equal(c_sketch._counters, np_sketch._counters)
+    assert c_est.tolist() == np_est.tolist()
+
+
+def test_c_kernels_in_use_and_after_from_bytes() -> None:
+    assert countmin._chash is not None, "the C extension must be built for the fast path"
+    s = CountMinSketch(50, 4, seed=1)
+    assert s._in_c()
+    s.update(["a", "b", "a"])
+    back = CountMinSketch.from_bytes(s.to_bytes())
+    assert back._in_c()
+    back.update(["a"])
+    assert back.estimate_many(["a", "b", "z"]).tolist() == [3, 1, 0]
+
+
+def test_c_kernels_reject_inconsistent_buffers() -> None:
+    assert countmin._chash is not None
+    with pytest.raises(ValueError, match="counters k \\* m int64"):
+        countmin._chash.cms_add(np.zeros(2, dtype=np.uint64), 3, 10, np.zeros(29, dtype=np.int64), None)
+    with pytest.raises(ValueError, match="one output per hash"):
+        countmin._chash.cms_min(
+            np.zeros(2, dtype=np.uint64), 3, 10, np.zeros(30, dtype=np.int64), np.zeros(1, dtype=np.int64)
+        )
