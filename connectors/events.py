@@ -178,10 +178,20 @@ class EventBatch:
     def __getitem__(self, name: str) -> NDArray[Any]:
         return self.columns[name]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Timely pickles every item it sends to another process twice, once to size the message
+        # and once to write it (``Message::length_in_bytes``, then ``into_bytes``): the columns
+        # are encoded on the first call only, and both calls hand over the same bytes.
+        wire = self.__dict__.get(_WIRE)
+        if wire is None:
+            wire = self.__dict__[_WIRE] = pickle.dumps(self.__getstate__(), protocol=pickle.HIGHEST_PROTOCOL)
+        return (_from_wire, (wire,))
+
     def __getstate__(self) -> dict[str, Any]:
         # Batches travel between workers pickled. The memo holds derived objects only
         # (recomputed on demand); the hashes travel along; string columns go as joined text.
         state = dict(self.__dict__)
+        state.pop(_WIRE, None)
         state["memo"] = {}
         state["clock"] = None  # a shard's view, set again where the batch is processed
         state["columns"] = {name: (col.dtype, *encode_column(col)) for name, col in self.columns.items()}
@@ -298,6 +308,17 @@ class EventBatch:
     def to_jsonl(self) -> str:
         """The events as JSON Lines (``ts`` as epoch seconds), one line per event."""
         return "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in self.records())
+
+
+_WIRE: Final = "_wire"
+"""Where a batch keeps its pickled state once pickled (:meth:`EventBatch.__reduce__`); batches
+never change after they are built, and one sent to another process is dropped once sent."""
+
+
+def _from_wire(wire: bytes) -> EventBatch:
+    batch = EventBatch.__new__(EventBatch)
+    batch.__setstate__(pickle.loads(wire))
+    return batch
 
 
 COLUMN_PARTS: Final = {"raw": 1, "text": 1, "codes": 2, "pickle": 1}

@@ -243,6 +243,24 @@ def test_batches_pickle_their_columns_exactly(values: list[object]) -> None:
     assert back["x"].tolist() == batch["x"].tolist() and back["x"].dtype == np.float64
 
 
+def test_a_batch_pickled_twice_is_encoded_once() -> None:
+    # Timely pickles what it sends to another process twice: to size it, then to write it.
+    names = np.array(["a", "b", "a", "c"], dtype=object)
+    batch = EventBatch("demo", np.arange(4, dtype=np.int64), {"s": names, "x": np.arange(4.0)})
+    batch.key_hashes("s", 7)
+    with patch.object(events, "encode_column", wraps=events.encode_column) as encode:
+        first, second = pickle.dumps(("key", batch)), pickle.dumps(("key", batch))
+    assert encode.call_count == 2  # once per column, on the first pickling only
+    assert first == second
+    back = pickle.loads(second)[1]
+    assert back["s"].tolist() == names.tolist() and back["x"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert back.positions.tolist() == [0, 1, 2, 3] and back.flow == "demo"
+    assert back.key_hashes("s", 7).tolist() == batch.key_hashes("s", 7).tolist()
+    # what travels is the batch, not its wire copy; a batch derived from it encodes afresh
+    assert "_wire" not in back.__dict__ and "_wire" not in batch.__getstate__()
+    assert "_wire" not in replace(batch, progress=None).__dict__
+
+
 def test_balanced_key_table_is_what_the_search_finds() -> None:
     from operators import routing
 
