@@ -266,7 +266,8 @@ class WindowSampler(Detector):
             picked = self._bottom_k(batch, rows, win[rows])
         else:
             picked = self._bottom_k(batch, np.arange(len(batch), dtype=np.intp), win, prefix=True)
-        chosen = np.union1d(picked, [len(batch) - 1])
+        last = len(batch) - 1  # picked is sorted and distinct: the last row goes at its end
+        chosen = picked if len(picked) and picked[-1] == last else np.append(picked, last).astype(np.intp)
         out = batch.take(chosen)
         out.progress_ts = running[chosen]
         return out
