@@ -368,11 +368,14 @@ static PyObject *py_hash_one(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(h);
 }
 
-/* Probe positions of hashing.probe_indices for m <= 2**32: ((a + i*b) mod 2**32) * m >> 32. */
+/* Probe positions of hashing.probe_indices for m <= 2**32: ((a + i*b) mod 2**32) * m >> 32, with a
+ * the low and b the high half of the hash (b odd); probe_at is the multiply-shift reduction. */
+static inline uint64_t probe_at(uint32_t a, uint64_t m) { return ((uint64_t)a * m) >> 32; }
+
 static inline int all_bits_set(const uint64_t *words, uint64_t h, unsigned k, uint64_t m) {
     uint32_t a = (uint32_t)h, b = (uint32_t)(h >> 32) | 1u;
     for (unsigned i = 0; i < k; i++, a += b) {
-        uint64_t pos = ((uint64_t)a * m) >> 32;
+        uint64_t pos = probe_at(a, m);
         if (!((words[pos >> 6] >> (pos & 63)) & 1u)) return 0;
     }
     return 1;
@@ -381,7 +384,7 @@ static inline int all_bits_set(const uint64_t *words, uint64_t h, unsigned k, ui
 static inline void set_bits(uint64_t *words, uint64_t h, unsigned k, uint64_t m) {
     uint32_t a = (uint32_t)h, b = (uint32_t)(h >> 32) | 1u;
     for (unsigned i = 0; i < k; i++, a += b) {
-        uint64_t pos = ((uint64_t)a * m) >> 32;
+        uint64_t pos = probe_at(a, m);
         words[pos >> 6] |= 1ULL << (pos & 63);
     }
 }
@@ -457,7 +460,7 @@ static PyObject *cms_add(PyObject *self, PyObject *args) {
         uint32_t a = (uint32_t)h[j], b = (uint32_t)(h[j] >> 32) | 1u;
         int64_t add = w ? w[j] : 1;
         int64_t *row = c;
-        for (unsigned i = 0; i < k; i++, a += b, row += m) row[((uint64_t)a * m) >> 32] += add;
+        for (unsigned i = 0; i < k; i++, a += b, row += m) row[probe_at(a, m)] += add;
     }
     Py_END_ALLOW_THREADS
     result = Py_None;
@@ -488,12 +491,12 @@ static PyObject *cms_min(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t j = 0; j < n; j++) {
         uint32_t a = (uint32_t)h[j], b = (uint32_t)(h[j] >> 32) | 1u;
-        int64_t least = c[((uint64_t)a * m) >> 32];
+        int64_t least = c[probe_at(a, m)];
         const int64_t *row = c;
         for (unsigned i = 1; i < k; i++) {
             a += b;
             row += m;
-            int64_t v = row[((uint64_t)a * m) >> 32];
+            int64_t v = row[probe_at(a, m)];
             if (v < least) least = v;
         }
         o[j] = least;
