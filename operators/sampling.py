@@ -267,7 +267,7 @@ class WindowSampler(Detector):
         else:
             picked = self._bottom_k(batch, np.arange(len(batch), dtype=np.intp), win, prefix=True)
         last = len(batch) - 1  # picked is sorted and distinct: the last row goes at its end
-        chosen = picked if len(picked) and picked[-1] == last else np.append(picked, last).astype(np.intp)
+        chosen = picked if len(picked) and picked[-1] == last else np.append(picked, np.intp(last))
         out = batch.take(chosen)
         out.progress_ts = running[chosen]
         return out
