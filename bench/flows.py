@@ -70,11 +70,11 @@ TARGETS = {
 }
 _RATE = re.compile(r"([\d,]+) events/s")
 SCALEOUT_MODES = {"by hash": "", "aligned": "card_id,tx_id"}
+"""g's two set-ups: ``SKETCHWATCH_PARTITIONED_BY`` for each (the files are split by card, and a
+duplicate transaction repeats its card, so both hold)."""
 SCALEOUT_ROUNDS = 7
 """Least rounds of the scale-out comparison in a full run: the aligned ratio sits at its target
 and one round's ratio varies by about +-5 %, so its median needs more rounds than the others."""
-"""g's two set-ups: ``SKETCHWATCH_PARTITIONED_BY`` for each (the files are split by card, and a
-duplicate transaction repeats its card, so both hold)."""
 LEAN_BATCH = 20_000
 """d is also measured at this SKETCHWATCH_BATCH: less data in flight, ~25 % less throughput."""
 
