@@ -427,7 +427,7 @@ static PyObject *bloom_probe(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    if (have_prev && prev.obj != NULL) PyBuffer_Release(&prev);
+    if (prev.obj != NULL) PyBuffer_Release(&prev);
     PyBuffer_Release(&hashes);
     PyBuffer_Release(&words);
     PyBuffer_Release(&out);
@@ -466,7 +466,7 @@ static PyObject *cms_add(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    if (have_weights && weights.obj != NULL) PyBuffer_Release(&weights);
+    if (weights.obj != NULL) PyBuffer_Release(&weights);
     PyBuffer_Release(&hashes);
     PyBuffer_Release(&counters);
     return result;
@@ -491,11 +491,9 @@ static PyObject *cms_min(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t j = 0; j < n; j++) {
         uint32_t a = (uint32_t)h[j], b = (uint32_t)(h[j] >> 32) | 1u;
-        int64_t least = c[probe_at(a, m)];
+        int64_t least = INT64_MAX; /* k >= 1: always replaced by a counter */
         const int64_t *row = c;
-        for (unsigned i = 1; i < k; i++) {
-            a += b;
-            row += m;
+        for (unsigned i = 0; i < k; i++, a += b, row += m) {
             int64_t v = row[probe_at(a, m)];
             if (v < least) least = v;
         }
